@@ -1,0 +1,73 @@
+"""`ddn-bench suite=<name>`: benchmarks that write JSON and markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.core import Selector, Uniform
+from ddn_policy.evaluation.report import markdown_table, write_report
+from ddn_policy.evaluation.timing import median_seconds
+from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
+
+
+class UniformAllK(Uniform):
+    """Uniform choice, but asks the layer for all K candidates (the reference's path)."""
+
+    needs_candidates = True
+
+
+def fastpath(cfg: DictConfig) -> tuple[dict, str]:
+    s = cfg.suite
+    net = mlp_ddn(MLPDDNConfig(sample_dim=s.sample_dim, width=s.width, num_layers=s.layers, k=s.k))
+    net.eval()
+    rows = []
+    for batch in s.batches:
+
+        def timed(selector: Selector, batch=batch):
+            gen = torch.Generator().manual_seed(cfg.seed)
+            with torch.inference_mode():
+                return median_seconds(
+                    lambda: net.walk(batch, selector, None, gen), s.warmup, s.calls
+                )
+
+        fast, full = timed(Uniform()), timed(UniformAllK())
+        rows.append(
+            {
+                "batch": batch,
+                "fast_ms": 1e3 * fast,
+                "all_k_ms": 1e3 * full,
+                "speedup": full / fast,
+            }
+        )
+        print(
+            f"batch {batch}: fast {1e3 * fast:.3f} ms, all-K {1e3 * full:.3f} ms, "
+            f"speed-up {full / fast:.2f}x",
+            flush=True,
+        )
+    payload = {"suite": "fastpath", "settings": OmegaConf.to_container(s), "rows": rows}
+    return payload, markdown_table(rows, ["batch", "fast_ms", "all_k_ms", "speedup"])
+
+
+SUITES = {"fastpath": fastpath}
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    name = cfg.suite.name
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    payload, table = SUITES[name](cfg)
+    command = f"ddn-bench suite={name}"
+    write_report(Path(cfg.out_dir), name, payload, table, command)
+    print(f"wrote {Path(cfg.out_dir) / name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""DDN itself, independent of robots and images."""
+
+from ddn_policy.core.balance import (
+    LossFreeBalance,
+    SplitAndPrune,
+    SplitDecision,
+    make_balancer,
+    split_decision,
+)
+from ddn_policy.core.layer import DiscreteDistributionLayer, LayerOutput
+from ddn_policy.core.network import (
+    BeamResult,
+    DDNBase,
+    RecurrentDDN,
+    SingleShotDDN,
+    Trace,
+    WalkResult,
+)
+from ddn_policy.core.select import (
+    Combined,
+    FromCodes,
+    Guided,
+    Nearest,
+    Prior,
+    RankSum,
+    SelectionContext,
+    Selector,
+    Uniform,
+)
+
+__all__ = [
+    "BeamResult",
+    "Combined",
+    "DDNBase",
+    "DiscreteDistributionLayer",
+    "FromCodes",
+    "Guided",
+    "LayerOutput",
+    "LossFreeBalance",
+    "Nearest",
+    "Prior",
+    "RankSum",
+    "RecurrentDDN",
+    "SelectionContext",
+    "Selector",
+    "SingleShotDDN",
+    "SplitAndPrune",
+    "SplitDecision",
+    "Trace",
+    "Uniform",
+    "WalkResult",
+    "make_balancer",
+    "split_decision",
+]

@@ -1,0 +1,267 @@
+"""Discrete Distribution Layer (DDL): one head proposes K candidate samples, one is chosen.
+
+Samples are channel-first with any number of trailing spatial axes:
+  vector (D,)   |  sequence (C, T)  |  map (C, H, W)
+and the features that feed the layer share the spatial axes: (B, F, *spatial).
+
+Node k owns row k of every per-node parameter (`weight`, `leak_weight`), so a split
+copies rows and the fast sampling path gathers rows. There is no bias: a bias would be
+a per-node parameter that the split rule would also have to copy, and the reference
+has none.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DISTANCES = ("l2", "l1")
+
+
+def check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {name}={value}")
+
+
+@dataclass
+class LayerOutput:
+    """What one layer hands to the network after choosing."""
+
+    chosen: Tensor  # (B, C, *spatial) the selected candidate, fed to the next layer
+    idx: Tensor  # (B,) long, the chosen node
+    leak: Tensor | None  # (B, leak_features, *spatial) the chosen node's leak feature
+    candidates: Tensor | None = None  # (B, K, C, *spatial) when all K were computed
+    loss: Tensor | None = None  # scalar L2 loss on the taken candidate (training only)
+    prior_loss: Tensor | None = None  # scalar cross-entropy of the selection prior
+
+
+def pick(candidates: Tensor, idx: Tensor) -> Tensor:
+    """(B, K, *S), (B,) -> (B, *S): row b's candidate idx[b]."""
+    batch, k = candidates.shape[:2]
+    flat_idx = torch.arange(batch, device=idx.device) * k + idx
+    return candidates.flatten(0, 1).index_select(0, flat_idx)
+
+
+class DiscreteDistributionLayer(nn.Module):
+    """K candidates from one bias-free pointwise head, plus the per-node statistics that
+    the balancers (`SplitAndPrune`, `LossFreeBalance`) read and write.
+
+    in_features: channels of the block features that feed this layer.
+    sample_shape: (C, *spatial) of the samples this layer emits.
+    k: number of candidates (nodes), >= 2.
+    leak: pass half of the features through the chosen node's own weights and hand the
+        result downstream, so later blocks see which node was chosen.
+    leak_features: width of that leak output (default: the leak input width).
+    learn_residual: add the previously chosen sample (resized) to every candidate.
+    distance: metric that picks the nearest node ("l2" as the reference's DDL, "l1" as
+        its 2-D toy); the loss is always L2.
+    chain_dropout: probability that the whole batch takes random nodes at this layer
+        (the reference's rule).
+    chain_dropout_per_sample: probability that each sample independently takes a
+        random node.
+    init_range: if set, weights start U[-init_range, init_range]; else fan-in uniform.
+    prior: add a learned selection prior, a K-way linear head on the (detached,
+        spatially pooled) features trained with cross-entropy toward the node the
+        nearest-target rule chose; sampling can then draw the node from its softmax.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        sample_shape: tuple[int, ...],
+        k: int,
+        *,
+        leak: bool = True,
+        leak_features: int | None = None,
+        learn_residual: bool = True,
+        distance: str = "l2",
+        chain_dropout: float = 0.0,
+        chain_dropout_per_sample: float = 0.0,
+        init_range: float | None = None,
+        prior: bool = False,
+    ):
+        super().__init__()
+        if int(k) != k or k < 2:
+            raise ValueError(f"k must be an integer >= 2 (a layer needs a choice), got k={k}")
+        sample_shape = tuple(int(s) for s in sample_shape)
+        if not sample_shape or len(sample_shape) > 3 or min(sample_shape) < 1:
+            raise ValueError(
+                "sample_shape must be (D,), (C, T) or (C, H, W) with positive sizes, "
+                f"got sample_shape={sample_shape}"
+            )
+        if in_features < 1:
+            raise ValueError(f"in_features must be >= 1, got in_features={in_features}")
+        if leak and in_features < 2:
+            raise ValueError(
+                f"leak=True splits the features in two and needs in_features >= 2, "
+                f"got in_features={in_features}; pass leak=False"
+            )
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got distance={distance!r}")
+        check_probability("chain_dropout", chain_dropout)
+        check_probability("chain_dropout_per_sample", chain_dropout_per_sample)
+
+        self.k = int(k)
+        self.sample_shape = sample_shape
+        self.channels = sample_shape[0]
+        self.spatial = sample_shape[1:]
+        self.in_features = in_features
+        self.leak_in = in_features // 2 if leak else 0
+        self.head_in = in_features - self.leak_in
+        self.leak_out = (leak_features or self.leak_in) if leak else 0
+        self.learn_residual = learn_residual
+        self.distance = distance
+        self.chain_dropout = chain_dropout
+        self.chain_dropout_per_sample = chain_dropout_per_sample
+
+        # (K, C, head_in): node k's rows of the reference's 1x1 conv with K*C outputs.
+        self.weight = nn.Parameter(torch.empty(self.k, self.channels, self.head_in))
+        # (K, leak_out, leak_in): node k's private transform of the leak half.
+        self.leak_weight = (
+            nn.Parameter(torch.empty(self.k, self.leak_out, self.leak_in)) if leak else None
+        )
+        for w, fan_in in ((self.weight, self.head_in), (self.leak_weight, self.leak_in)):
+            if w is not None:
+                bound = init_range if init_range is not None else 1.0 / math.sqrt(fan_in)
+                nn.init.uniform_(w, -bound, bound)
+
+        # (K, F) weight rows + (K,) bias: node k's logit. Detached input, so the prior
+        # learns to predict the trunk's choices without steering the trunk.
+        self.prior_head = nn.Linear(in_features, self.k) if prior else None
+
+        # Balance statistics: buffers, so they travel with state_dict and .to(device).
+        self.register_buffer("count", torch.zeros(self.k))  # times node k won
+        self.register_buffer("near2", torch.zeros(self.k, self.k))  # [won, runner-up]
+        self.register_buffer("loss_acc", torch.zeros(self.k))  # summed distance to k
+        self.register_buffer("recent_count", torch.zeros(self.k))  # wins since last balance
+        self.register_buffer("select_bias", torch.zeros(self.k))  # loss-free balance bias
+
+    # ------------------------------------------------------------------ helpers
+    def node_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose dim 0 is the node index (copied row-wise by a split)."""
+        params = [self.weight, self.leak_weight]
+        if self.prior_head is not None:
+            params += [self.prior_head.weight, self.prior_head.bias]
+        return [p for p in params if p is not None]
+
+    @property
+    def has_prior(self) -> bool:
+        return self.prior_head is not None
+
+    def prior_logits(self, h: Tensor) -> Tensor:
+        """(B, K) selection-prior logits from features (B, F, *sp)."""
+        if self.prior_head is None:
+            raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
+        pooled = h.detach().flatten(2).mean(-1) if h.dim() > 2 else h.detach()  # (B, F)
+        return self.prior_head(pooled)
+
+    def _split_features(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        if h.shape[1] != self.in_features or tuple(h.shape[2:]) != self.spatial:
+            raise ValueError(
+                f"features must be (B, {self.in_features}, *{self.spatial}), got {tuple(h.shape)}"
+            )
+        if self.leak_in == 0:
+            return h, None
+        return h[:, : self.head_in], h[:, self.head_in :]
+
+    def resize(self, x: Tensor, *, area: bool) -> Tensor:
+        """Resize (B, C, *spatial') to this layer's spatial size: area-average when
+        shrinking targets, (bi)linear when growing the previous sample."""
+        if tuple(x.shape[2:]) == self.spatial:
+            return x
+        if area:
+            pool = F.adaptive_avg_pool1d if len(self.spatial) == 1 else F.adaptive_avg_pool2d
+            return pool(x, self.spatial)
+        mode = "linear" if len(self.spatial) == 1 else "bilinear"
+        return F.interpolate(x, size=self.spatial, mode=mode, align_corners=False)
+
+    def check_target(self, target: Tensor) -> None:
+        expected = (self.channels, *("*" for _ in self.spatial))
+        if target.dim() != len(self.sample_shape) + 1 or target.shape[1] != self.channels:
+            raise ValueError(
+                f"target must be (B, {', '.join(map(str, expected))}) to match sample shape "
+                f"{self.sample_shape}, got {tuple(target.shape)}"
+            )
+
+    def _residual(self, prev: Tensor | None) -> Tensor | None:
+        if not self.learn_residual or prev is None:
+            return None
+        return self.resize(prev, area=False)
+
+    # ------------------------------------------------------------------ forward paths
+    def candidates(self, h: Tensor, prev: Tensor | None) -> Tensor:
+        """All K candidates: (B, F, *sp) -> (B, K, C, *sp)."""
+        head, _ = self._split_features(h)
+        out = torch.einsum("kcf,bf...->bkc...", self.weight, head)  # (B, K, C, *sp)
+        residual = self._residual(prev)
+        return out if residual is None else out + residual.unsqueeze(1)
+
+    def take(self, h: Tensor, prev: Tensor | None, idx: Tensor) -> Tensor:
+        """Only the chosen node's candidate (the fast path): gathers row idx[b] for each b."""
+        head, _ = self._split_features(h)
+        rows = self.weight.index_select(0, idx)  # (B, C, head_in)
+        out = torch.einsum("bcf,bf...->bc...", rows, head)  # (B, C, *sp)
+        residual = self._residual(prev)
+        return out if residual is None else out + residual
+
+    def leak_take(self, h: Tensor, idx: Tensor) -> Tensor | None:
+        """The chosen node's leak feature: (B, leak_out, *sp), or None without leak."""
+        _, leak_half = self._split_features(h)
+        if leak_half is None:
+            return None
+        # index_select: its backward is index_add, far faster on CPU than indexing's.
+        rows = self.leak_weight.index_select(0, idx)  # (B, leak_out, leak_in)
+        return torch.einsum("bof,bf...->bo...", rows, leak_half)
+
+    @torch.no_grad()
+    def distances(self, candidates: Tensor, target: Tensor) -> Tensor:
+        """(B, K) mean distance of every candidate to the target (resized to this layer)."""
+        self.check_target(target)
+        t = self.resize(target, area=True).unsqueeze(1)  # (B, 1, C, *sp)
+        diff = candidates - t
+        d = diff.square() if self.distance == "l2" else diff.abs()
+        return d.flatten(2).mean(-1)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, h: Tensor, prev: Tensor | None, target: Tensor) -> LayerOutput:
+        """Nearest-candidate training with chain dropout; updates the statistics."""
+        cands = self.candidates(h, prev)  # (B, K, C, *sp)
+        dist = self.distances(cands, target)  # (B, K)
+        batch = dist.shape[0]
+        with torch.no_grad():
+            # Loss-free balance biases the choice in log-distance (scale-free); the bias
+            # is zero unless LossFreeBalance is used, and then this is plain argmin.
+            score = dist.clamp_min(1e-12).log() - self.select_bias
+            ranked = score.topk(2, dim=1, largest=False).indices  # (B, 2)
+            nearest, second = ranked[:, 0], ranked[:, 1]
+            self._record(nearest, second, dist)
+            idx = nearest.clone()
+            if self.chain_dropout > 0 and torch.rand(()) < self.chain_dropout:
+                idx = torch.randint(self.k, (batch,), device=idx.device)
+            if self.chain_dropout_per_sample > 0:
+                drop = torch.rand(batch, device=idx.device) < self.chain_dropout_per_sample
+                idx = torch.where(drop, torch.randint_like(idx, self.k), idx)
+        chosen = pick(cands, idx)  # (B, C, *sp)
+        loss = F.mse_loss(chosen, self.resize(target, area=True))
+        prior_loss = F.cross_entropy(self.prior_logits(h), nearest) if self.has_prior else None
+        return LayerOutput(chosen, idx, self.leak_take(h, idx), cands, loss, prior_loss)
+
+    @torch.no_grad()
+    def _record(self, nearest: Tensor, second: Tensor, dist: Tensor) -> None:
+        ones = torch.ones_like(nearest, dtype=self.count.dtype)
+        self.count.index_add_(0, nearest, ones)
+        self.recent_count.index_add_(0, nearest, ones)
+        self.near2.index_put_((nearest, second), ones, accumulate=True)
+        self.loss_acc.add_(dist.sum(0).to(self.loss_acc.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"k={self.k}, sample_shape={self.sample_shape}, in_features={self.in_features}, "
+            f"leak={self.leak_in}->{self.leak_out}, learn_residual={self.learn_residual}, "
+            f"distance={self.distance}, chain_dropout={self.chain_dropout}/"
+            f"{self.chain_dropout_per_sample}, prior={self.has_prior}"
+        )

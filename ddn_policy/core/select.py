@@ -1,0 +1,204 @@
+"""Selectors: how a layer picks one of its K candidates outside training.
+
+Contract: `select(candidates, ctx) -> idx (B,)`. Candidates are (B, K, C, *spatial), or
+None for selectors that set `needs_candidates = False` (the network then computes only
+the chosen node: the fast path). A guide is any callable
+`score(candidates, ctx) -> (B, K)`, higher is better, with no gradients needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ddn_policy.core.layer import DiscreteDistributionLayer
+
+ScoreFn = Callable[[Tensor, "SelectionContext"], Tensor]
+
+
+@dataclass
+class SelectionContext:
+    """What a selector may look at besides the candidates."""
+
+    layer_index: int  # position of the layer in the stack (0-based)
+    num_layers: int  # L, the length of the latent
+    layer: DiscreteDistributionLayer  # gives k, sample shape, distances()
+    batch: int  # B, rows being decided
+    prev: Tensor  # (B, C, *sp') previously chosen sample
+    cond: Tensor | None  # condition rows aligned with the batch
+    generator: torch.Generator | None  # for reproducible random choices
+    prior_logits: Tensor | None = None  # (B, K) the layer's selection prior, if it has one
+
+    @property
+    def k(self) -> int:
+        return self.layer.k
+
+
+class Selector:
+    needs_candidates = True
+
+    def select(self, candidates: Tensor | None, ctx: SelectionContext) -> Tensor:
+        raise NotImplementedError
+
+
+def _randint(high: int, size: tuple[int, ...], ctx: SelectionContext, device) -> Tensor:
+    gen = ctx.generator
+    if gen is not None and gen.device.type != torch.device(device).type:
+        raise ValueError(
+            f"generator is on {gen.device} but sampling runs on {device}; "
+            f"create it with torch.Generator(device='{torch.device(device).type}')"
+        )
+    return torch.randint(high, size, generator=gen, device=device)
+
+
+class Uniform(Selector):
+    """The paper's sampling rule: every node with probability 1/K."""
+
+    needs_candidates = False
+
+    def select(self, candidates, ctx):
+        return _randint(ctx.k, (ctx.batch,), ctx, ctx.prev.device)
+
+
+class Prior(Selector):
+    """Draw the node from the layer's learned selection prior, softmax(logits / T);
+    temperature 0 takes the most probable node."""
+
+    needs_candidates = False
+
+    def __init__(self, temperature: float = 1.0):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got temperature={temperature}")
+        self.temperature = temperature
+
+    def select(self, candidates, ctx):
+        if ctx.prior_logits is None:
+            raise ValueError(
+                "prior sampling was requested but this model was built without a selection "
+                "prior (prior=False); sample with Uniform() or rebuild with prior=True"
+            )
+        if self.temperature == 0:
+            return ctx.prior_logits.argmax(dim=1)
+        probs = torch.softmax(ctx.prior_logits.float() / self.temperature, dim=1)
+        return torch.multinomial(probs, 1, generator=ctx.generator).squeeze(1)
+
+
+class Nearest(Selector):
+    """Argmin distance to a target (training rule; encoding and reconstruction)."""
+
+    def __init__(self, target: Tensor):
+        self.target = target
+
+    def select(self, candidates, ctx):
+        if self.target.shape[0] != ctx.batch:
+            raise ValueError(
+                f"target batch {self.target.shape[0]} does not match the {ctx.batch} rows "
+                "being sampled"
+            )
+        return ctx.layer.distances(candidates, self.target).argmin(dim=1)
+
+
+class FromCodes(Selector):
+    """Replay a latent. Integer codes are node indices in [0, K); float codes u in [0, 1)
+    map to int(K*u), so one seed decodes to the same sample whatever K is."""
+
+    needs_candidates = False
+
+    def __init__(self, codes: Tensor):
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be (B, L), got shape {tuple(codes.shape)}")
+        self.codes = codes
+
+    def select(self, candidates, ctx):
+        if self.codes.shape != (ctx.batch, ctx.num_layers):
+            raise ValueError(
+                f"codes must be (B, L) = ({ctx.batch}, {ctx.num_layers}), "
+                f"got {tuple(self.codes.shape)}"
+            )
+        col = self.codes[:, ctx.layer_index]
+        if col.is_floating_point():
+            if ((col < 0) | (col >= 1)).any():
+                raise ValueError(
+                    f"float codes must lie in [0, 1), got values in "
+                    f"[{col.min().item()}, {col.max().item()}] at layer {ctx.layer_index}"
+                )
+            return (col * ctx.k).long().clamp_max(ctx.k - 1).to(ctx.prev.device)
+        if ((col < 0) | (col >= ctx.k)).any():
+            raise ValueError(
+                f"integer codes must lie in [0, K) = [0, {ctx.k}), got values in "
+                f"[{col.min().item()}, {col.max().item()}] at layer {ctx.layer_index}"
+            )
+        return col.long().to(ctx.prev.device)
+
+
+def checked_scores(score_fn: ScoreFn, candidates: Tensor, ctx: SelectionContext) -> Tensor:
+    scores = score_fn(candidates, ctx)
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != (ctx.batch, ctx.k):
+        got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(
+            f"a guide must return scores of shape (B, K) = ({ctx.batch}, {ctx.k}), got {got}"
+        )
+    return scores.to(candidates.device, torch.float32)
+
+
+def uniform_among_top_k(scores: Tensor, top_k: int, ctx: SelectionContext) -> Tensor:
+    """Pick uniformly among the top_k highest scores per row (top_k=1: argmax)."""
+    top_k = min(top_k, scores.shape[1])
+    best = scores.topk(top_k, dim=1).indices  # (B, top_k)
+    pick = _randint(top_k, (scores.shape[0], 1), ctx, scores.device)
+    return best.gather(1, pick).squeeze(1)
+
+
+class Guided(Selector):
+    """Zero-shot conditional generation: a black-box scorer ranks the K candidates and
+    the layer picks uniformly among its top_k (2 keeps diversity; 1 is greedy)."""
+
+    def __init__(self, score_fn: ScoreFn, top_k: int = 2):
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got top_k={top_k}")
+        self.score_fn = score_fn
+        self.top_k = top_k
+
+    def select(self, candidates, ctx):
+        return uniform_among_top_k(checked_scores(self.score_fn, candidates, ctx), self.top_k, ctx)
+
+
+def ranks(scores: Tensor) -> Tensor:
+    """(B, K) scores -> (B, K) ranks in [0, K-1], K-1 for the best."""
+    return scores.argsort(dim=1).argsort(dim=1).to(torch.float32)
+
+
+class RankSum:
+    """A guide made of several guides: score = sum of weight * rank, so guides on
+    unrelated scales (pixels, probabilities, metres) combine without tuning."""
+
+    def __init__(self, guides: Sequence[tuple[ScoreFn, float]]):
+        if not guides:
+            raise ValueError("RankSum needs at least one (guide, weight) pair, got none")
+        self.guides = list(guides)
+
+    def __call__(self, candidates: Tensor, ctx: SelectionContext) -> Tensor:
+        return sum(w * ranks(checked_scores(fn, candidates, ctx)) for fn, w in self.guides)
+
+
+class Combined(Guided):
+    """Several guides combined by weighted ranks, then uniform among the top_k."""
+
+    def __init__(self, guides: Sequence[tuple[ScoreFn, float]], top_k: int = 2):
+        super().__init__(RankSum(guides), top_k)
+
+
+def as_selector(guide: Selector | ScoreFn | None, top_k: int = 2) -> Selector:
+    """None -> Uniform; a Selector as is; any other callable -> Guided(callable, top_k)."""
+    if guide is None:
+        return Uniform()
+    if isinstance(guide, Selector):
+        return guide
+    if callable(guide):
+        return Guided(guide, top_k)
+    raise ValueError(f"guide must be a Selector or a callable scorer, got {type(guide).__name__}")

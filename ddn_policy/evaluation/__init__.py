@@ -1,0 +1,1 @@
+"""Rollouts, metrics, benchmark tables and plots."""

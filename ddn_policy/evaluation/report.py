@@ -1,0 +1,36 @@
+"""Benchmark outputs: a JSON file and a markdown table, written atomically."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ddn_policy.utils.io import atomic_write_text
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, name: str, payload: dict, table: str, command: str) -> None:
+    out_dir = Path(out_dir)
+    payload = {**payload, "machine": machine(), "command": command}
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(payload, indent=2))
+    atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n`{command}`\n\n{table}")

@@ -1,0 +1,1 @@
+"""Blocks and heads built on ddn_policy.core."""

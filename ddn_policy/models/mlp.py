@@ -1,0 +1,82 @@
+"""Residual-MLP blocks for vector samples, and a SingleShotDDN built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ddn_policy.core import DiscreteDistributionLayer, SingleShotDDN
+
+
+class ResidualMLPBlock(nn.Module):
+    """h <- h + MLP(LayerNorm([h, x_prev, leak, cond])) for vector samples (B, D).
+
+    A missing h (first stage) or leak (no previous layer) reads as zeros, so every
+    stage has the same input width and the same code path.
+    """
+
+    def __init__(self, width: int, sample_dim: int, leak_dim: int, cond_dim: int, mult: int = 2):
+        super().__init__()
+        self.width, self.leak_dim = width, leak_dim
+        in_dim = width + sample_dim + leak_dim + cond_dim
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, mult * width),
+            nn.Mish(),
+            nn.Linear(mult * width, width),
+        )
+
+    def forward(self, h: Tensor | None, x: Tensor, leak: Tensor | None, cond: Tensor | None):
+        batch = x.shape[0]
+        if h is None:
+            h = x.new_zeros(batch, self.width)
+        parts = [h, x]
+        if self.leak_dim:
+            parts.append(leak if leak is not None else x.new_zeros(batch, self.leak_dim))
+        if cond is not None:
+            parts.append(cond.flatten(1))
+        return h + self.net(torch.cat(parts, dim=1))
+
+
+@dataclass
+class MLPDDNConfig:
+    sample_dim: int  # D, size of one vector sample
+    cond_dim: int = 0  # width of the flattened condition (0: unconditional)
+    width: int = 128  # feature width of the residual trunk
+    num_layers: int = 4  # L, stages (block + DDL)
+    k: int = 16  # candidates per layer
+    leak: bool = True  # hand the chosen node's leak feature to the next block
+    learn_residual: bool = True  # candidates refine the previous choice
+    chain_dropout: float = 0.0  # per-batch probability of random choices in training
+    chain_dropout_per_sample: float = 0.0  # per-sample probability of the same
+    prior: bool = False  # learned selection prior per layer (sampling draws from it)
+
+    def __post_init__(self):
+        for name in ("sample_dim", "width", "num_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.cond_dim < 0:
+            raise ValueError(f"cond_dim must be >= 0, got cond_dim={self.cond_dim}")
+
+
+def mlp_ddn(cfg: MLPDDNConfig) -> SingleShotDDN:
+    """A SingleShotDDN over vectors with one residual-MLP block per DDL."""
+    leak_dim = cfg.width // 2 if cfg.leak else 0
+    blocks, layers = [], []
+    for _ in range(cfg.num_layers):
+        blocks.append(ResidualMLPBlock(cfg.width, cfg.sample_dim, leak_dim, cfg.cond_dim))
+        layers.append(
+            DiscreteDistributionLayer(
+                cfg.width,
+                (cfg.sample_dim,),
+                cfg.k,
+                leak=cfg.leak,
+                learn_residual=cfg.learn_residual,
+                chain_dropout=cfg.chain_dropout,
+                chain_dropout_per_sample=cfg.chain_dropout_per_sample,
+                prior=cfg.prior,
+            )
+        )
+    return SingleShotDDN(blocks, layers)

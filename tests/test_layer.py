@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from ddn_policy.core import DiscreteDistributionLayer
+
+
+@pytest.mark.parametrize(
+    "sample_shape, feature_shape",
+    [((3,), ()), ((4, 8), (8,)), ((3, 8, 8), (8, 8))],
+    ids=["vector", "sequence", "map"],
+)
+def test_shapes_and_fast_path_equals_all_k(sample_shape, feature_shape):
+    layer = DiscreteDistributionLayer(16, sample_shape, k=5)
+    h = torch.randn(6, 16, *feature_shape)
+    prev = torch.randn(6, *sample_shape)
+    cands = layer.candidates(h, prev)
+    assert cands.shape == (6, 5, *sample_shape)
+    idx = torch.tensor([0, 1, 2, 3, 4, 2])
+    fast = layer.take(h, prev, idx)
+    assert fast.shape == (6, *sample_shape)
+    torch.testing.assert_close(fast, cands[torch.arange(6), idx], rtol=1e-5, atol=1e-6)
+    assert layer.leak_take(h, idx).shape == (6, 8, *feature_shape)
+
+
+def test_learning_residual_upsamples_previous_map():
+    layer = DiscreteDistributionLayer(4, (1, 4, 4), k=2, leak=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+    prev = torch.ones(1, 1, 2, 2)
+    cands = layer.candidates(torch.randn(1, 4, 4, 4), prev)
+    torch.testing.assert_close(cands, torch.ones(1, 2, 1, 4, 4))
+
+
+def test_target_is_area_downsampled_for_distances_and_loss():
+    layer = DiscreteDistributionLayer(4, (1, 2, 2), k=2, leak=False, learn_residual=False)
+    target = torch.arange(16.0).reshape(1, 1, 4, 4)
+    expected = torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]])
+    cands = expected.unsqueeze(1).repeat(1, 2, 1, 1, 1)
+    cands[:, 1] += 1.0
+    dist = layer.distances(cands, target)
+    torch.testing.assert_close(dist, torch.tensor([[0.0, 1.0]]))
+
+
+def test_train_step_takes_nearest_and_records_statistics():
+    layer = DiscreteDistributionLayer(1, (1,), k=3, leak=False, learn_residual=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1))
+    target = torch.tensor([[0.9], [1.2], [-0.8], [0.1]])
+    out = layer.train_step(torch.ones(4, 1), None, target)
+    assert out.idx.tolist() == [2, 2, 0, 1]
+    assert layer.count.tolist() == [1, 1, 2]
+    assert layer.near2[2, 1] == 2  # runner-up of both wins of node 2 is node 1
+    assert out.loss.item() == pytest.approx(((0.1**2) + 0.2**2 + 0.2**2 + 0.1**2) / 4)
+
+
+def test_chain_dropout_per_sample_takes_random_nodes_but_records_nearest():
+    layer = DiscreteDistributionLayer(
+        1, (1,), k=4, leak=False, learn_residual=False, chain_dropout_per_sample=1.0
+    )
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1))
+    out = layer.train_step(torch.ones(400, 1), None, torch.zeros(400, 1))
+    assert layer.count[0] == 400  # statistics keep the nearest-target choice
+    assert len(out.idx.unique()) == 4  # while the loss went to random nodes
+
+
+def test_chain_dropout_per_batch_is_all_or_nothing():
+    layer = DiscreteDistributionLayer(1, (1,), k=4, leak=False, chain_dropout=1.0)
+    out = layer.train_step(torch.ones(64, 1), None, torch.zeros(64, 1))
+    nearest = int(layer.count.argmax())
+    assert (out.idx != nearest).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 1}, "k must be an integer >= 2"),
+        ({"k": 4, "chain_dropout": 1.5}, "chain_dropout must be a probability"),
+        ({"k": 4, "chain_dropout_per_sample": -0.1}, "chain_dropout_per_sample"),
+        ({"k": 4, "distance": "cosine"}, "distance must be one of"),
+    ],
+)
+def test_bad_construction_names_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DiscreteDistributionLayer(8, (2,), **kwargs)
+
+
+def test_target_with_wrong_shape_is_refused():
+    layer = DiscreteDistributionLayer(8, (3, 4, 4), k=4)
+    with pytest.raises(ValueError, match=r"target must be \(B, 3, \*, \*\).*got \(2, 1, 4, 4\)"):
+        layer.train_step(torch.randn(2, 8, 4, 4), None, torch.randn(2, 1, 4, 4))
