@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR
 from ddn_policy.core import Selector, Uniform
+from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
 from ddn_policy.evaluation.report import markdown_table, write_report
 from ddn_policy.evaluation.timing import median_seconds
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
@@ -53,7 +54,7 @@ def fastpath(cfg: DictConfig) -> tuple[dict, str]:
     return payload, markdown_table(rows, ["batch", "fast_ms", "all_k_ms", "speedup"])
 
 
-SUITES = {"fastpath": fastpath}
+SUITES = {"fastpath": fastpath, "experts": experts, "runner": runner_overhead}
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
