@@ -157,4 +157,6 @@ def obstacle_reach_spec() -> TaskSpec:
         max_episode_steps=MAX_STEPS,
         success_hold=1,  # reaching the goal ends the episode
         has_route=True,
+        hand_obs=(0, 2),
+        action_to_position=0.05,  # top speed ~1 m/s per unit action, 20 Hz control
     )

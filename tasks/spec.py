@@ -39,6 +39,8 @@ class TaskSpec:
     action_horizon: int = 8  # Ta: actions executed per chunk
     success_hold: int = 1  # demonstrations keep episodes whose success held this many steps
     has_route: bool = False  # info["route"] exists (multimodal tasks)
+    hand_obs: tuple[int, int] = (0, 3)  # obs[a:b] is the hand (end-effector) position
+    action_to_position: float = 0.01  # hand displacement per unit of action, per step
 
     def __post_init__(self):
         if not 1 <= self.action_horizon <= self.pred_horizon - self.obs_horizon + 1:

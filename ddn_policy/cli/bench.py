@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR
 from ddn_policy.core import Selector, Uniform
+from ddn_policy.evaluation.bench_policy import ddn_latency
 from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
 from ddn_policy.evaluation.report import markdown_table, write_report
 from ddn_policy.evaluation.timing import median_seconds
@@ -54,7 +55,12 @@ def fastpath(cfg: DictConfig) -> tuple[dict, str]:
     return payload, markdown_table(rows, ["batch", "fast_ms", "all_k_ms", "speedup"])
 
 
-SUITES = {"fastpath": fastpath, "experts": experts, "runner": runner_overhead}
+SUITES = {
+    "fastpath": fastpath,
+    "experts": experts,
+    "runner": runner_overhead,
+    "ddn_latency": ddn_latency,
+}
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")

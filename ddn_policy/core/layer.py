@@ -156,7 +156,8 @@ class DiscreteDistributionLayer(nn.Module):
         """(B, K) selection-prior logits from features (B, F, *sp)."""
         if self.prior_head is None:
             raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
-        pooled = h.detach().flatten(2).mean(-1) if h.dim() > 2 else h.detach()  # (B, F)
+        h = h.detach()
+        pooled = h.flatten(2).mean(-1) if h[0, 0].numel() > 1 else h.reshape(h.shape[0], -1)
         return self.prior_head(pooled)
 
     def _split_features(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -196,7 +197,9 @@ class DiscreteDistributionLayer(nn.Module):
     def candidates(self, h: Tensor, prev: Tensor | None) -> Tensor:
         """All K candidates: (B, F, *sp) -> (B, K, C, *sp)."""
         head, _ = self._split_features(h)
-        out = torch.einsum("kcf,bf...->bkc...", self.weight, head)  # (B, K, C, *sp)
+        flat = head.reshape(head.shape[0], self.head_in, -1)  # (B, F, S)
+        out = self.weight.view(self.k * self.channels, self.head_in) @ flat  # (B, K*C, S)
+        out = out.view(head.shape[0], self.k, *self.sample_shape)  # (B, K, C, *sp)
         residual = self._residual(prev)
         return out if residual is None else out + residual.unsqueeze(1)
 
@@ -204,7 +207,8 @@ class DiscreteDistributionLayer(nn.Module):
         """Only the chosen node's candidate (the fast path): gathers row idx[b] for each b."""
         head, _ = self._split_features(h)
         rows = self.weight.index_select(0, idx)  # (B, C, head_in)
-        out = torch.einsum("bcf,bf...->bc...", rows, head)  # (B, C, *sp)
+        flat = head.reshape(head.shape[0], self.head_in, -1)  # (B, F, S)
+        out = torch.bmm(rows, flat).view(head.shape[0], *self.sample_shape)  # (B, C, *sp)
         residual = self._residual(prev)
         return out if residual is None else out + residual
 
@@ -215,7 +219,8 @@ class DiscreteDistributionLayer(nn.Module):
             return None
         # index_select: its backward is index_add, far faster on CPU than indexing's.
         rows = self.leak_weight.index_select(0, idx)  # (B, leak_out, leak_in)
-        return torch.einsum("bof,bf...->bo...", rows, leak_half)
+        flat = leak_half.reshape(leak_half.shape[0], self.leak_in, -1)  # (B, F_leak, S)
+        return torch.bmm(rows, flat).view(leak_half.shape[0], self.leak_out, *self.spatial)
 
     @torch.no_grad()
     def distances(self, candidates: Tensor, target: Tensor) -> Tensor:

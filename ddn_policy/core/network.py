@@ -30,14 +30,24 @@ from ddn_policy.core.select import (
 )
 
 
-def choice_log_probs(logits: Tensor | None, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Log-probability of the chosen nodes and the entropy of the choice distribution:
-    the prior's softmax when there is one, else uniform 1/K."""
-    if logits is None:
-        logk = torch.full(idx.shape, math.log(k), device=idx.device)
-        return -logk, logk
-    logp = torch.log_softmax(logits.float(), dim=1)  # (B, K)
-    return logp.gather(1, idx[:, None]).squeeze(1), -(logp.exp() * logp).sum(1)
+def path_log_probs(logits: list[Tensor | None], codes: Tensor, ks: list[int]):
+    """Per-layer log-probability of the chosen nodes and entropy of each layer's choice
+    distribution, (B, L) each: the prior's softmax where a layer has one, else 1/K."""
+    if all(lg is not None for lg in logits) and len(set(ks)) == 1:
+        logp = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)  # (B, L, K)
+        chosen = logp.gather(2, codes[..., None]).squeeze(2)
+        return chosen, -(logp.exp() * logp).sum(-1)
+    chosen, entropy = [], []
+    for i, (lg, k) in enumerate(zip(logits, ks, strict=True)):
+        if lg is None:
+            logk = torch.full(codes.shape[:1], math.log(k), device=codes.device)
+            chosen.append(-logk)
+            entropy.append(logk)
+        else:
+            logp = torch.log_softmax(lg.float(), dim=1)
+            chosen.append(logp.gather(1, codes[:, i : i + 1]).squeeze(1))
+            entropy.append(-(logp.exp() * logp).sum(1))
+    return torch.stack(chosen, 1), torch.stack(entropy, 1)
 
 
 @dataclass
@@ -147,7 +157,7 @@ class DDNBase(nn.Module):
         when the selector or the trace needs them; otherwise only the chosen node's."""
         self._check_cond(cond, batch)
         h, x, leak = None, self._zeros(batch, cond), None
-        codes, logps, entropies = [], [], []
+        codes, all_logits, ks = [], [], []
         rec = Trace() if trace else None
         for i, (block, layer) in enumerate(self.stages()):
             h = block(h, x, leak, cond)
@@ -165,12 +175,11 @@ class DDNBase(nn.Module):
                 new_x = layer.take(h, x, idx)
             x, leak = new_x, layer.leak_take(h, idx)
             codes.append(idx)
-            logp, ent = choice_log_probs(logits, idx, layer.k)
-            logps.append(logp)
-            entropies.append(ent)
-        return WalkResult(
-            x, torch.stack(codes, 1), torch.stack(logps, 1).sum(1), torch.stack(entropies, 1), rec
-        )
+            all_logits.append(logits)
+            ks.append(layer.k)
+        codes = torch.stack(codes, 1)  # (B, L)
+        logp, entropy = path_log_probs(all_logits, codes, ks)
+        return WalkResult(x, codes, logp.sum(1), entropy, rec)
 
     def sample(
         self,

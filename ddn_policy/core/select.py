@@ -65,6 +65,14 @@ class Uniform(Selector):
         return _randint(ctx.k, (ctx.batch,), ctx, ctx.prev.device)
 
 
+def draw(weights: Tensor, ctx: SelectionContext) -> Tensor:
+    """One index per row with probability proportional to weights (B, K), by inverting
+    the cumulative sum (a few small ops; torch.multinomial costs ~50 us per call)."""
+    cdf = weights.cumsum(dim=1)  # (B, K)
+    u = torch.rand(weights.shape[0], 1, generator=ctx.generator, device=weights.device)
+    return (cdf < u * cdf[:, -1:]).sum(dim=1).clamp_max(weights.shape[1] - 1)
+
+
 class Prior(Selector):
     """Draw the node from the layer's learned selection prior, softmax(logits / T);
     temperature 0 takes the most probable node."""
@@ -85,7 +93,7 @@ class Prior(Selector):
         if self.temperature == 0:
             return ctx.prior_logits.argmax(dim=1)
         probs = torch.softmax(ctx.prior_logits.float() / self.temperature, dim=1)
-        return torch.multinomial(probs, 1, generator=ctx.generator).squeeze(1)
+        return draw(probs, ctx)
 
 
 class Nearest(Selector):
@@ -146,26 +154,41 @@ def checked_scores(score_fn: ScoreFn, candidates: Tensor, ctx: SelectionContext)
     return scores.to(candidates.device, torch.float32)
 
 
-def uniform_among_top_k(scores: Tensor, top_k: int, ctx: SelectionContext) -> Tensor:
-    """Pick uniformly among the top_k highest scores per row (top_k=1: argmax)."""
+def among_top_k(
+    scores: Tensor, top_k: int, ctx: SelectionContext, prior_logits: Tensor | None = None
+) -> Tensor:
+    """Pick among the candidates scoring at least the top_k-th best score (ties kept, so
+    a pass/fail constraint allows every passing candidate): uniformly, or by the
+    selection prior restricted to them when its logits are given."""
     top_k = min(top_k, scores.shape[1])
-    best = scores.topk(top_k, dim=1).indices  # (B, top_k)
-    pick = _randint(top_k, (scores.shape[0], 1), ctx, scores.device)
-    return best.gather(1, pick).squeeze(1)
+    kth = scores.topk(top_k, dim=1).values[:, -1:]  # (B, 1)
+    allowed = scores >= kth  # (B, K)
+    if prior_logits is None:
+        weights = allowed.float()
+    else:
+        masked = prior_logits.float().masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(masked, dim=1)
+    return draw(weights, ctx)
 
 
 class Guided(Selector):
     """Zero-shot conditional generation: a black-box scorer ranks the K candidates and
-    the layer picks uniformly among its top_k (2 keeps diversity; 1 is greedy)."""
+    the layer picks among its top_k (2 keeps diversity; 1 is greedy). Among those it
+    draws uniformly (the paper's rule), or by the layer's selection prior when the
+    layer has one and use_prior is set, so constraints steer while the prior keeps the
+    choice on the data."""
 
-    def __init__(self, score_fn: ScoreFn, top_k: int = 2):
+    def __init__(self, score_fn: ScoreFn, top_k: int = 2, use_prior: bool = True):
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got top_k={top_k}")
         self.score_fn = score_fn
         self.top_k = top_k
+        self.use_prior = use_prior
 
     def select(self, candidates, ctx):
-        return uniform_among_top_k(checked_scores(self.score_fn, candidates, ctx), self.top_k, ctx)
+        scores = checked_scores(self.score_fn, candidates, ctx)
+        logits = ctx.prior_logits if self.use_prior else None
+        return among_top_k(scores, self.top_k, ctx, logits)
 
 
 def ranks(scores: Tensor) -> Tensor:
@@ -187,10 +210,12 @@ class RankSum:
 
 
 class Combined(Guided):
-    """Several guides combined by weighted ranks, then uniform among the top_k."""
+    """Several guides combined by weighted ranks, then chosen among the top_k."""
 
-    def __init__(self, guides: Sequence[tuple[ScoreFn, float]], top_k: int = 2):
-        super().__init__(RankSum(guides), top_k)
+    def __init__(
+        self, guides: Sequence[tuple[ScoreFn, float]], top_k: int = 2, use_prior: bool = True
+    ):
+        super().__init__(RankSum(guides), top_k, use_prior)
 
 
 def as_selector(guide: Selector | ScoreFn | None, top_k: int = 2) -> Selector:

@@ -6,6 +6,7 @@ averaged (use_buffers=False): balance statistics are counts, not weights.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -35,3 +36,9 @@ class EMA:
 
     def update(self, model: nn.Module) -> None:
         self.averaged.update_parameters(model)
+
+    @torch.no_grad()
+    def copy_buffers_from(self, model: nn.Module) -> None:
+        """Bring the copy's buffers (balance statistics) up to the live model's."""
+        for mine, live in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(live)

@@ -1,0 +1,50 @@
+"""`ddn-eval checkpoint=DIR episodes=50 out_dir=DIR [guide=forbid_left] [best_of=8]`."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.evaluation.runner import run as run_episodes
+from ddn_policy.policies.factory import load_policy
+from ddn_policy.policies.guides import make_guide
+from tasks import get_task
+
+
+def run(cfg: DictConfig) -> dict:
+    policy = load_policy(cfg.checkpoint).to(cfg.device)
+    task = cfg.task or policy.config.task
+    if task is None:
+        raise ValueError("the checkpoint names no task; pass task=<name>")
+    spec = get_task(task)
+    if cfg.sampling is not None:
+        policy.config.sampling = cfg.sampling
+    guide_cfg = OmegaConf.to_container(cfg.guide, resolve=True) if cfg.get("guide") else None
+    policy.guide = make_guide(guide_cfg, spec.hand_obs, spec.action_to_position)
+    policy.best_of = cfg.best_of
+    info = run_episodes(
+        policy,
+        spec,
+        cfg.episodes,
+        seed=cfg.seed,
+        videos=cfg.videos,
+        out_dir=cfg.out_dir,
+        num_envs=cfg.num_envs,
+    )
+    agg = info["aggregated"]
+    line = f"{spec.name}: success {agg['pc_success'] / 100:.2f} over {agg['n_episodes']} episodes"
+    if spec.has_route:
+        split = ", ".join(f"route {k}: {v:.2f}" for k, v in agg["route_frequencies"].items())
+        line += f"; {split}; switch rate {agg['switch_rate']:.2f}"
+    print(line, flush=True)
+    return info
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Policies: one folder per method, all behind the same interface."""
