@@ -26,6 +26,7 @@ from ddn_policy.core.select import (
     SelectionContext,
     Selector,
     Uniform,
+    prior_log_prob,
 )
 
 __all__ = [
@@ -50,5 +51,6 @@ __all__ = [
     "Uniform",
     "WalkResult",
     "make_balancer",
+    "prior_log_prob",
     "split_decision",
 ]

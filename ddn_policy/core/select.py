@@ -218,6 +218,14 @@ class Combined(Guided):
         super().__init__(RankSum(guides), top_k, use_prior)
 
 
+def prior_log_prob(candidates: Tensor, ctx: SelectionContext) -> Tensor:
+    """A guide that scores each node by its log-probability under the layer's selection
+    prior: beam search with it keeps the most probable paths."""
+    if ctx.prior_logits is None:
+        raise ValueError("prior_log_prob needs a model built with prior=True")
+    return torch.log_softmax(ctx.prior_logits.float(), dim=1)
+
+
 def as_selector(guide: Selector | ScoreFn | None, top_k: int = 2) -> Selector:
     """None -> Uniform; a Selector as is; any other callable -> Guided(callable, top_k)."""
     if guide is None:
