@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR
 from ddn_policy.evaluation.runner import run as run_episodes
+from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy
 from ddn_policy.policies.guides import make_guide
 from tasks import get_task
@@ -33,11 +34,7 @@ def run(cfg: DictConfig) -> dict:
         num_envs=cfg.num_envs,
     )
     agg = info["aggregated"]
-    line = f"{spec.name}: success {agg['pc_success'] / 100:.2f} over {agg['n_episodes']} episodes"
-    if spec.has_route:
-        split = ", ".join(f"route {k}: {v:.2f}" for k, v in agg["route_frequencies"].items())
-        line += f"; {split}; switch rate {agg['switch_rate']:.2f}"
-    print(line, flush=True)
+    print(f"{spec.name}: {summary_line(spec, agg)}", flush=True)
     return info
 
 

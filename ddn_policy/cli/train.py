@@ -16,6 +16,7 @@ from ddn_policy.data import MinMaxNormalizer, ReplayBuffer, ReplayBufferWriter, 
 from ddn_policy.data.dataset import split_episodes
 from ddn_policy.evaluation.plots import hypotheses_picture
 from ddn_policy.evaluation.runner import run as run_episodes
+from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy, make_policy
 from ddn_policy.training.trainer import TrainConfig, Trainer
 from tasks import TaskSpec, get_task
@@ -64,11 +65,7 @@ def evaluate_and_report(policy_dir: Path, spec: TaskSpec, cfg: DictConfig, out: 
         agg["hypotheses"] = hypotheses_picture(
             policy, spec, out / "hypotheses.png", cfg.eval.hypotheses, cfg.seed
         )
-    line = f"success {agg['pc_success'] / 100:.2f} over {agg['n_episodes']} episodes"
-    if spec.has_route:
-        split = ", ".join(f"route {k}: {v:.2f}" for k, v in agg["route_frequencies"].items())
-        line += f"; {split}; switch rate {agg['switch_rate']:.2f}"
-    print(line, flush=True)
+    print(summary_line(spec, agg), flush=True)
     return agg
 
 

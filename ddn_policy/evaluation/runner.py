@@ -89,6 +89,15 @@ def aggregate(rows: list[dict], task: TaskSpec, wall_s: float) -> dict:
     return agg
 
 
+def summary_line(task: TaskSpec, agg: dict) -> str:
+    """`success 0.96 over 50 episodes; route 0: 0.64, route 1: 0.36; switch rate 0.00`."""
+    line = f"success {agg['pc_success'] / 100:.2f} over {agg['n_episodes']} episodes"
+    if task.has_route:
+        split = ", ".join(f"route {k}: {v:.2f}" for k, v in agg["route_frequencies"].items())
+        line += f"; {split}; switch rate {agg['switch_rate']:.2f}"
+    return line
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
     import imageio.v2 as imageio
 
