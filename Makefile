@@ -26,7 +26,7 @@ osmesa:
 	fi
 
 demo: $(STAMP) osmesa
-	$(BIN)/ddn-train task=obstacle-reach policy=ddn steps=2000 out_dir=runs/demo
+	$(BIN)/ddn-train task=obstacle-reach policy=ddn out_dir=runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check ddn_policy tasks baselines tests
