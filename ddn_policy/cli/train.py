@@ -4,6 +4,7 @@ cached), training with the shared Trainer, and a final evaluation of the EMA pol
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,8 +40,6 @@ def demos_path(cfg: DictConfig, spec: TaskSpec) -> Path:
     path = Path("data") / f"{safe}-demos{cfg.demos.episodes}-seed{cfg.demos.seed}{noise}.zarr"
     if not path.exists():  # generated once, then reused by every method and seed
         tmp = path.with_name(f".{path.name}.partial")
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         collect_demos(
             spec, ReplayBufferWriter(tmp), cfg.demos.episodes, cfg.demos.seed, cfg.demos.noise
