@@ -134,3 +134,34 @@ def test_resume_continues_from_the_last_complete_checkpoint(demos, tmp_path):
         fresh.policy.model.state_dict().values(), policy.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b)
+
+
+def test_periodic_rollouts_run_on_saved_ema_policies_and_are_logged(demos, tmp_path):
+    from ddn_policy.evaluation.runner import run as run_episodes
+
+    policy = tiny_policy(demos)
+    ds = SequenceDataset(demos, [0, 1, 2], 2, 16, 8)
+    cfg = TrainConfig(steps=6, batch_size=16, checkpoint_every=3, eval_every=3, log_every=3)
+    seen = []
+
+    def evaluate(policy_dir, step):
+        seen.append((step, policy_dir.parent.name))
+        info = run_episodes(load_policy(policy_dir), SPEC, 2, num_envs=2, progress=False)
+        return {"success": info["aggregated"]["pc_success"]}
+
+    Trainer(policy, ds, cfg, tmp_path).fit(evaluate)
+    assert seen == [(3, "00000003"), (6, "00000006")]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    evals = [entry for entry in log if "eval" in entry]
+    assert [e["step"] for e in evals] == [3, 6] and "success" in evals[0]["eval"]
+
+
+def test_evaluation_is_reproducible_whatever_ran_before(demos):
+    from ddn_policy.evaluation.runner import run as run_episodes
+
+    policy = tiny_policy(demos).eval()
+    first = run_episodes(policy, SPEC, 3, seed=5, num_envs=3, progress=False)
+    torch.rand(100)  # the global generator moves on, as training or plotting would move it
+    policy.reset()
+    second = run_episodes(policy, SPEC, 3, seed=5, num_envs=3, progress=False)
+    assert first["per_episode"] == second["per_episode"]

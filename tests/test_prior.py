@@ -1,48 +1,86 @@
-"""The learned selection prior on a conditional bimodal target."""
+"""The learned selection prior on conditional multimodal targets."""
 
+import pytest
 import torch
 
-from ddn_policy.core import prior_log_prob
+from ddn_policy.core import Prior, Uniform, prior_log_prob
+from ddn_policy.evaluation.bench_sampling import conditional_modes, mode_statistics
 from tests.helpers import tiny_net
 
-
-def bimodal(n, generator=None):
-    """cond x ~ U(-1, 1); y = +-0.8 + 0.3 x with probability 1/2 each, std 0.02."""
-    x = torch.rand(n, 1, generator=generator) * 2 - 1
-    sign = torch.where(torch.rand(n, 1, generator=generator) < 0.5, 1.0, -1.0)
-    return x, sign * 0.8 + 0.3 * x + 0.02 * torch.randn(n, 1, generator=generator)
+CENTRES = [-0.8, 0.8]
 
 
-def train(chain_dropout: float, steps: int = 400):
+def train(chain_dropout: float, steps: int, layers: int = 4):
+    """y = +-0.8 + 0.3 x + noise; no balancer, so nodes a condition never uses stay
+    untrained: the situation the prior exists for."""
     torch.manual_seed(0)
     net = tiny_net(
         sample_dim=1,
         cond_dim=1,
-        layers=4,
+        layers=layers,
         k=16,
         width=64,
         prior=True,
         chain_dropout_per_sample=chain_dropout,
+        head_init=0.01,
     )
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    from ddn_policy.core import SplitAndPrune
-
-    balance = SplitAndPrune(net, opt)
     for _ in range(steps):
-        x, y = bimodal(256, gen)
+        x, y = conditional_modes(256, CENTRES, 0.3, 0.02, gen)
         loss, _ = net.loss(y, x)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        balance.step()
     return net.eval()
 
 
-def test_beam_search_by_path_probability_returns_likely_paths():
-    net = train(chain_dropout=0.05, steps=150)
+def sample_stats(net, selector):
+    conds = torch.linspace(-0.95, 0.95, 20)[:, None]
+    with torch.no_grad():
+        y = net.sample(200, conds, selector, torch.Generator().manual_seed(1))[..., 0]
+    return mode_statistics(y, conds, CENTRES, 0.3, tol_near=0.1, tol_between=0.4)
+
+
+@pytest.fixture(scope="module")
+def bimodal_net():
+    return train(chain_dropout=0.0, steps=400)
+
+
+def test_prior_sampling_keeps_both_modes_and_uniform_does_not(bimodal_net):
+    prior = sample_stats(bimodal_net, Prior())
+    uniform = sample_stats(bimodal_net, Uniform())
+    assert prior["near"] >= 0.9, prior
+    assert 0.35 <= prior["mode0"] <= 0.65, prior
+    # the same network sampled by the paper's uniform rule lands between the modes
+    assert uniform["near"] < prior["near"] - 0.3, (uniform, prior)
+    assert uniform["between"] > prior["between"] + 0.2, (uniform, prior)
+
+
+def test_prior_temperature_zero_takes_the_most_probable_path(bimodal_net):
+    cond = torch.tensor([[0.3]])
+    walks = [
+        bimodal_net.sample(8, cond, Prior(temperature=0.0), return_walk=True) for _ in range(2)
+    ]
+    assert torch.equal(walks[0].codes, walks[1].codes)
+    assert (walks[0].codes == walks[0].codes[:, :1]).all()  # every draw identical
+
+
+def test_beam_search_by_path_probability_returns_likely_paths(bimodal_net):
     cond = torch.tensor([[0.0]])
-    beam = net.beam_search(prior_log_prob, width=4, cond=cond)
-    drawn = net.sample(200, cond=cond, return_walk=True, generator=torch.Generator().manual_seed(0))
+    beam = bimodal_net.beam_search(prior_log_prob, width=4, cond=cond)
+    gen = torch.Generator().manual_seed(0)
+    drawn = bimodal_net.sample(200, cond=cond, return_walk=True, generator=gen)
     # the best beam is at least as probable as any path drawn from the prior
     assert beam.scores[0, 0] >= drawn.logprob.max() - 1e-5
+
+
+def test_bad_prior_settings_name_the_value():
+    with pytest.raises(ValueError, match="temperature"):
+        Prior(temperature=-0.5)
+    with pytest.raises(ValueError, match="chain_dropout_per_sample"):
+        tiny_net(chain_dropout_per_sample=1.5)
+    with pytest.raises(ValueError, match="without a selection prior"):
+        tiny_net(prior=False).sample(2, guide=Prior())
+    with pytest.raises(ValueError, match="head_init"):
+        tiny_net(head_init=0.0)

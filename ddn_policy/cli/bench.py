@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddn_policy.cli import CONFIG_DIR
 from ddn_policy.core import Selector, Uniform
 from ddn_policy.evaluation.bench_policy import ddn_latency
+from ddn_policy.evaluation.bench_sampling import sampling_ablation
 from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
 from ddn_policy.evaluation.report import markdown_table, write_report
 from ddn_policy.evaluation.timing import median_seconds
@@ -60,6 +61,7 @@ SUITES = {
     "experts": experts,
     "runner": runner_overhead,
     "ddn_latency": ddn_latency,
+    "sampling": sampling_ablation,
 }
 
 

@@ -63,7 +63,8 @@ class DiscreteDistributionLayer(nn.Module):
         (the reference's rule).
     chain_dropout_per_sample: probability that each sample independently takes a
         random node.
-    init_range: if set, weights start U[-init_range, init_range]; else fan-in uniform.
+    init_range: if set, the candidate head's weights start U[-init_range, init_range];
+        else fan-in uniform (the leak weights are always fan-in uniform).
     prior: add a learned selection prior, a K-way linear head on the (detached,
         spatially pooled) features trained with cross-entropy toward the node the
         nearest-target rule chose; sampling can then draw the node from its softmax.
@@ -124,10 +125,11 @@ class DiscreteDistributionLayer(nn.Module):
         self.leak_weight = (
             nn.Parameter(torch.empty(self.k, self.leak_out, self.leak_in)) if leak else None
         )
-        for w, fan_in in ((self.weight, self.head_in), (self.leak_weight, self.leak_in)):
-            if w is not None:
-                bound = init_range if init_range is not None else 1.0 / math.sqrt(fan_in)
-                nn.init.uniform_(w, -bound, bound)
+        bound = init_range if init_range is not None else 1.0 / math.sqrt(self.head_in)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.leak_weight is not None:
+            bound = 1.0 / math.sqrt(self.leak_in)
+            nn.init.uniform_(self.leak_weight, -bound, bound)
 
         # (K, F) weight rows + (K,) bias: node k's logit. Detached input, so the prior
         # learns to predict the trunk's choices without steering the trunk.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ddn_policy.utils.io import atomic_write_text
@@ -119,12 +120,16 @@ def run(
 ) -> dict:
     """Evaluate `policy` on episodes with starts eval_seed(seed, 0..episodes-1); success
     is reaching success at any step. With out_dir, writes eval_info.json and
-    eval_episode_<i>.mp4 for the first `videos` episodes. Returns the eval_info dict."""
+    eval_episode_<i>.mp4 for the first `videos` episodes. Returns the eval_info dict.
+    The policy's own randomness (a DDN's sampled nodes) draws from torch's global
+    generator, seeded here with `seed`, so the same checkpoint and seed give the same
+    result whatever ran before in the process."""
     spec = get_task(task) if isinstance(task, str) else task
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got episodes={episodes}")
     if videos and out_dir is None:
         raise ValueError(f"videos={videos} needs an out_dir to write them to")
+    torch.manual_seed(seed)
     n_envs = min(num_envs, episodes)
     envs = [spec.make_env(render_mode="rgb_array" if i < videos else None) for i in range(n_envs)]
     fps = int(envs[0].metadata.get("render_fps", 20))

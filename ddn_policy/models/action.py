@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddn_policy.core import DiscreteDistributionLayer, SingleShotDDN
-from ddn_policy.models.mlp import ResidualMLPBlock
+from ddn_policy.models.mlp import ResidualMLPBlock, refinement_init
 
 TRUNKS = ("conv", "mlp")
 
@@ -39,6 +39,7 @@ class ActionDDNConfig:
     prior_weight: float = 0.1  # weight of the prior's cross-entropy beside the L2 loss
     chain_dropout: float = 0.0  # per-batch probability of random choices in training
     chain_dropout_per_sample: float = 0.05  # per-sample probability of the same
+    head_init: float | None = 0.01  # init range of the refining DDL heads (models/mlp.py)
 
     def __post_init__(self):
         for name in (
@@ -64,6 +65,8 @@ class ActionDDNConfig:
             )
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd to keep Tp, got {self.kernel_size}")
+        if self.head_init is not None and self.head_init <= 0:
+            raise ValueError(f"head_init must be > 0 or None, got head_init={self.head_init}")
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
 
@@ -129,7 +132,7 @@ class ActionDDN(nn.Module):
         leak_dim = cfg.width // 2 if cfg.leak else 0
         chunk = cfg.pred_horizon * cfg.action_dim
         blocks, layers = [], []
-        for _ in range(cfg.num_layers):
+        for i in range(cfg.num_layers):
             if cfg.trunk == "conv":
                 blocks.append(
                     ConvFiLMBlock(
@@ -154,6 +157,7 @@ class ActionDDN(nn.Module):
                     prior=cfg.prior,
                     chain_dropout=cfg.chain_dropout,
                     chain_dropout_per_sample=cfg.chain_dropout_per_sample,
+                    init_range=refinement_init(cfg.head_init, i),
                 )
             )
         self.ddn = SingleShotDDN(blocks, layers)

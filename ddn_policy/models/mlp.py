@@ -11,18 +11,20 @@ from ddn_policy.core import DiscreteDistributionLayer, SingleShotDDN
 
 
 class ResidualMLPBlock(nn.Module):
-    """h <- h + MLP(LayerNorm([h, x_prev, leak, cond])) for vector samples (B, D).
+    """h <- h + MLP([LayerNorm(h), x_prev, leak, cond]) for vector samples (B, D).
 
-    A missing h (first stage) or leak (no previous layer) reads as zeros, so every
-    stage has the same input width and the same code path.
+    Only the trunk h is normalised: a LayerNorm over the concatenation would erase the
+    scale of a small condition (at the first stage, where h is zero, LN of [0, ..., c]
+    keeps only sign(c)). A missing h (first stage) or leak (no previous layer) reads
+    as zeros, so every stage has the same input width and the same code path.
     """
 
     def __init__(self, width: int, sample_dim: int, leak_dim: int, cond_dim: int, mult: int = 2):
         super().__init__()
         self.width, self.leak_dim = width, leak_dim
         in_dim = width + sample_dim + leak_dim + cond_dim
+        self.norm = nn.LayerNorm(width)
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim),
             nn.Linear(in_dim, mult * width),
             nn.Mish(),
             nn.Linear(mult * width, width),
@@ -32,7 +34,7 @@ class ResidualMLPBlock(nn.Module):
         batch = x.shape[0]
         if h is None:
             h = x.new_zeros(batch, self.width)
-        parts = [h, x]
+        parts = [self.norm(h), x]
         if self.leak_dim:
             parts.append(leak if leak is not None else x.new_zeros(batch, self.leak_dim))
         if cond is not None:
@@ -52,11 +54,14 @@ class MLPDDNConfig:
     chain_dropout: float = 0.0  # per-batch probability of random choices in training
     chain_dropout_per_sample: float = 0.0  # per-sample probability of the same
     prior: bool = False  # learned selection prior per layer (sampling draws from it)
+    head_init: float | None = None  # init range of the DDL heads after the first (see below)
 
     def __post_init__(self):
         for name in ("sample_dim", "width", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.head_init is not None and self.head_init <= 0:
+            raise ValueError(f"head_init must be > 0 or None, got head_init={self.head_init}")
         if self.cond_dim < 0:
             raise ValueError(f"cond_dim must be >= 0, got cond_dim={self.cond_dim}")
 
@@ -65,7 +70,7 @@ def mlp_ddn(cfg: MLPDDNConfig) -> SingleShotDDN:
     """A SingleShotDDN over vectors with one residual-MLP block per DDL."""
     leak_dim = cfg.width // 2 if cfg.leak else 0
     blocks, layers = [], []
-    for _ in range(cfg.num_layers):
+    for i in range(cfg.num_layers):
         blocks.append(ResidualMLPBlock(cfg.width, cfg.sample_dim, leak_dim, cfg.cond_dim))
         layers.append(
             DiscreteDistributionLayer(
@@ -77,6 +82,16 @@ def mlp_ddn(cfg: MLPDDNConfig) -> SingleShotDDN:
                 chain_dropout=cfg.chain_dropout,
                 chain_dropout_per_sample=cfg.chain_dropout_per_sample,
                 prior=cfg.prior,
+                init_range=refinement_init(cfg.head_init, i),
             )
         )
     return SingleShotDDN(blocks, layers)
+
+
+def refinement_init(head_init: float | None, index: int) -> float | None:
+    """DDL init range for stage `index`. With a condition, a node is trained only where
+    it is nearest (or drawn by chain dropout); elsewhere it keeps its initial offset from
+    the previous choice, and sampling may draw it. A small init range for the refining
+    stages keeps those untrained offsets small; the first stage places the coarse modes
+    and keeps the fan-in default."""
+    return head_init if index > 0 else None
