@@ -64,6 +64,28 @@ def test_chain_dropout_per_sample_takes_random_nodes_but_records_nearest():
     assert len(out.idx.unique()) == 4  # while the loss went to random nodes
 
 
+@pytest.mark.parametrize("dropout_loss", ["taken", "nearest"])
+def test_chain_dropout_loss_goes_to_the_taken_or_the_nearest_node(dropout_loss):
+    layer = DiscreteDistributionLayer(
+        1,
+        (1,),
+        k=4,
+        leak=False,
+        learn_residual=False,
+        chain_dropout_per_sample=1.0,
+        chain_dropout_loss=dropout_loss,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1))
+    torch.manual_seed(0)
+    out = layer.train_step(torch.ones(400, 1), None, torch.zeros(400, 1))
+    assert len(out.idx.unique()) == 4  # the walk continues from random nodes either way
+    taken_loss = out.chosen.square().mean().item()  # the target is 0
+    expected = taken_loss if dropout_loss == "taken" else 0.0  # node 0 is exactly on it
+    assert out.loss.item() == pytest.approx(expected)
+    assert taken_loss > 1.0
+
+
 def test_chain_dropout_per_batch_is_all_or_nothing():
     layer = DiscreteDistributionLayer(1, (1,), k=4, leak=False, chain_dropout=1.0)
     out = layer.train_step(torch.ones(64, 1), None, torch.zeros(64, 1))
@@ -78,6 +100,7 @@ def test_chain_dropout_per_batch_is_all_or_nothing():
         ({"k": 4, "chain_dropout": 1.5}, "chain_dropout must be a probability"),
         ({"k": 4, "chain_dropout_per_sample": -0.1}, "chain_dropout_per_sample"),
         ({"k": 4, "distance": "cosine"}, "distance must be one of"),
+        ({"k": 4, "chain_dropout_loss": "random"}, "chain_dropout_loss must be one of"),
     ],
 )
 def test_bad_construction_names_the_value(kwargs, message):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 DISTANCES = ("l2", "l1")
+DROPOUT_LOSSES = ("taken", "nearest")
 
 
 def check_probability(name: str, value: float) -> None:
@@ -63,6 +64,10 @@ class DiscreteDistributionLayer(nn.Module):
         (the reference's rule).
     chain_dropout_per_sample: probability that each sample independently takes a
         random node.
+    chain_dropout_loss: where a dropped sample's L2 loss goes. "taken" (the reference):
+        on the random candidate, which pulls every node toward the average of the
+        condition's modes; "nearest": on the nearest candidate as usual, the random
+        one only continues the walk (later stages still learn to recover from it).
     init_range: if set, the candidate head's weights start U[-init_range, init_range];
         else fan-in uniform (the leak weights are always fan-in uniform).
     prior: add a learned selection prior, a K-way linear head on the (detached,
@@ -82,6 +87,7 @@ class DiscreteDistributionLayer(nn.Module):
         distance: str = "l2",
         chain_dropout: float = 0.0,
         chain_dropout_per_sample: float = 0.0,
+        chain_dropout_loss: str = "taken",
         init_range: float | None = None,
         prior: bool = False,
     ):
@@ -105,6 +111,11 @@ class DiscreteDistributionLayer(nn.Module):
             raise ValueError(f"distance must be one of {DISTANCES}, got distance={distance!r}")
         check_probability("chain_dropout", chain_dropout)
         check_probability("chain_dropout_per_sample", chain_dropout_per_sample)
+        if chain_dropout_loss not in DROPOUT_LOSSES:
+            raise ValueError(
+                f"chain_dropout_loss must be one of {DROPOUT_LOSSES}, "
+                f"got chain_dropout_loss={chain_dropout_loss!r}"
+            )
 
         self.k = int(k)
         self.sample_shape = sample_shape
@@ -118,6 +129,7 @@ class DiscreteDistributionLayer(nn.Module):
         self.distance = distance
         self.chain_dropout = chain_dropout
         self.chain_dropout_per_sample = chain_dropout_per_sample
+        self.chain_dropout_loss = chain_dropout_loss
 
         # (K, C, head_in): node k's rows of the reference's 1x1 conv with K*C outputs.
         self.weight = nn.Parameter(torch.empty(self.k, self.channels, self.head_in))
@@ -253,7 +265,8 @@ class DiscreteDistributionLayer(nn.Module):
                 drop = torch.rand(batch, device=idx.device) < self.chain_dropout_per_sample
                 idx = torch.where(drop, torch.randint_like(idx, self.k), idx)
         chosen = pick(cands, idx)  # (B, C, *sp)
-        loss = F.mse_loss(chosen, self.resize(target, area=True))
+        trained = chosen if self.chain_dropout_loss == "taken" else pick(cands, nearest)
+        loss = F.mse_loss(trained, self.resize(target, area=True))
         prior_loss = F.cross_entropy(self.prior_logits(h), nearest) if self.has_prior else None
         return LayerOutput(chosen, idx, self.leak_take(h, idx), cands, loss, prior_loss)
 

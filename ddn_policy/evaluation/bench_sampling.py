@@ -61,7 +61,7 @@ def mode_statistics(y: torch.Tensor, x: torch.Tensor, centres, slope, tol_near, 
     return stats
 
 
-def train_synthetic(target: dict, s: DictConfig, p: float, head_init, seed: int, cache: Path):
+def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed: int, cache: Path):
     """An MLP DDN fitted to one conditional target with per-sample chain dropout p."""
     cfg = MLPDDNConfig(
         sample_dim=1,
@@ -70,20 +70,26 @@ def train_synthetic(target: dict, s: DictConfig, p: float, head_init, seed: int,
         num_layers=s.layers,
         k=s.k,
         prior=True,
-        chain_dropout_per_sample=p,
+        chain_dropout_per_sample=variant["p"],
+        chain_dropout_loss=variant.get("loss", "taken"),
         head_init=head_init,
     )
+    p = variant["p"]
+    # the reference's "taken" is left out of the key, so runs cached before the option
+    # existed stay valid
+    model = {k: v for k, v in cfg.__dict__.items() if (k, v) != ("chain_dropout_loss", "taken")}
     net = mlp_ddn(cfg)
     settings = {
         "target": dict(target),
-        "model": cfg.__dict__,
+        "model": model,
         "steps": s.steps,
         "lr": s.lr,
         "batch": s.batch_size,
         "balance": s.balance,
         "seed": seed,
     }
-    name = f"synthetic-{target['name']}-p{p}-init{head_init}-{settings_key(settings)}"
+    loss = "" if cfg.chain_dropout_loss == "taken" else f"-{cfg.chain_dropout_loss}"
+    name = f"synthetic-{target['name']}-p{p}{loss}-init{head_init}-{settings_key(settings)}"
     path = cache / f"{name}.safetensors"
     if path.exists():
         net.load_state_dict(load_file(str(path)))
@@ -112,13 +118,14 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
     rows = []
     conds = torch.linspace(-0.95, 0.95, s.conditions)[:, None]  # (R, 1)
     grid = [
-        (target, head_init, p)
+        (target, head_init, variant)
         for target in OmegaConf.to_container(s.targets)
         for head_init in s.head_init
-        for p in cfg.suite.chain_dropout
+        for variant in OmegaConf.to_container(cfg.suite.variants)
     ]
-    for target, head_init, p in grid:
-        net = train_synthetic(target, s, p, head_init, cfg.seed, cache)
+    for target, head_init, variant in grid:
+        p, dropout_loss = variant["p"], variant.get("loss", "taken")
+        net = train_synthetic(target, s, variant, head_init, cfg.seed, cache)
         for sampling in cfg.suite.sampling:
             gen = torch.Generator().manual_seed(cfg.seed + 1)
             with torch.no_grad():
@@ -128,12 +135,13 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                 "target": target["name"],
                 "head_init": head_init,
                 "chain_dropout": p,
+                "dropout_loss": dropout_loss,
                 "sampling": sampling,
                 **stats,
             }
             rows.append(row)
             print(
-                f"{target['name']} head_init={head_init} p={p} {sampling}: near "
+                f"{target['name']} head_init={head_init} p={p} {dropout_loss} {sampling}: near "
                 f"{stats['near']:.3f}, between {stats['between']:.3f}, "
                 f"balance error {stats['balance_error']:.1f} pts",
                 flush=True,
@@ -142,10 +150,11 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------- policy tasks
-def train_policy(task: str, demos: int, p: float, cfg: DictConfig, cache: Path) -> Path:
+def train_policy(task: str, demos: int, variant: dict, cfg: DictConfig, cache: Path) -> Path:
     """ddn-train in a subprocess (resumable through its own checkpoints); returns the
     EMA policy directory of the finished run."""
     t = cfg.suite.tasks
+    p, dropout_loss = variant["p"], variant.get("loss", "taken")
     overrides = [
         f"task={task}",
         "policy=ddn",
@@ -155,7 +164,12 @@ def train_policy(task: str, demos: int, p: float, cfg: DictConfig, cache: Path) 
         f"demos.episodes={demos}",
         "eval.episodes=0",
     ]
-    run_dir = cache / f"{task.replace('/', '_')}-p{p}-{settings_key({'o': overrides})}"
+    suffix = ""
+    if dropout_loss != "taken":  # the default stays out of the key (older runs stay valid)
+        overrides.append(f"policy.model.chain_dropout_loss={dropout_loss}")
+        suffix = f"-{dropout_loss}"
+    name = f"{task.replace('/', '_')}-p{p}{suffix}-{settings_key({'o': overrides})}"
+    run_dir = cache / name
     done = run_dir / "checkpoints" / "last" / "pretrained_model"
     if not done.is_dir():
         command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides, f"out_dir={run_dir}"]
@@ -174,8 +188,9 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
     for run in OmegaConf.to_container(t.runs):
         task = run["name"]
         spec = get_task(task)
-        for p in cfg.suite.chain_dropout:
-            policy_dir = train_policy(task, run["demos"], p, cfg, cache)
+        for variant in OmegaConf.to_container(cfg.suite.variants):
+            p, dropout_loss = variant["p"], variant.get("loss", "taken")
+            policy_dir = train_policy(task, run["demos"], variant, cfg, cache)
             episodes = run.get("episodes", t.episodes)
             for sampling in cfg.suite.sampling:
                 result = policy_dir.parents[2] / f"eval-{sampling}-{episodes}-{cfg.seed}.json"
@@ -190,6 +205,7 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                     "episodes": episodes,
                     "demos": run["demos"],
                     "chain_dropout": p,
+                    "dropout_loss": dropout_loss,
                     "sampling": sampling,
                     "success": agg["pc_success"] / 100,
                 }
@@ -199,7 +215,10 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                     row["switch_rate"] = agg["switch_rate"]
                     row["collision_rate"] = agg["collision_rate"]
                 rows.append(row)
-                print(f"{task} p={p} {sampling}: success {row['success']:.2f}", flush=True)
+                print(
+                    f"{task} p={p} {dropout_loss} {sampling}: success {row['success']:.2f}",
+                    flush=True,
+                )
     return rows
 
 

@@ -39,6 +39,7 @@ class ActionDDNConfig:
     prior_weight: float = 0.1  # weight of the prior's cross-entropy beside the L2 loss
     chain_dropout: float = 0.0  # per-batch probability of random choices in training
     chain_dropout_per_sample: float = 0.05  # per-sample probability of the same
+    chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
     head_init: float | None = 0.01  # init range of the refining DDL heads (models/mlp.py)
 
     def __post_init__(self):
@@ -157,6 +158,7 @@ class ActionDDN(nn.Module):
                     prior=cfg.prior,
                     chain_dropout=cfg.chain_dropout,
                     chain_dropout_per_sample=cfg.chain_dropout_per_sample,
+                    chain_dropout_loss=cfg.chain_dropout_loss,
                     init_range=refinement_init(cfg.head_init, i),
                 )
             )

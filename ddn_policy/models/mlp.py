@@ -53,6 +53,7 @@ class MLPDDNConfig:
     learn_residual: bool = True  # candidates refine the previous choice
     chain_dropout: float = 0.0  # per-batch probability of random choices in training
     chain_dropout_per_sample: float = 0.0  # per-sample probability of the same
+    chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
     prior: bool = False  # learned selection prior per layer (sampling draws from it)
     head_init: float | None = None  # init range of the DDL heads after the first (see below)
 
@@ -81,6 +82,7 @@ def mlp_ddn(cfg: MLPDDNConfig) -> SingleShotDDN:
                 learn_residual=cfg.learn_residual,
                 chain_dropout=cfg.chain_dropout,
                 chain_dropout_per_sample=cfg.chain_dropout_per_sample,
+                chain_dropout_loss=cfg.chain_dropout_loss,
                 prior=cfg.prior,
                 init_range=refinement_init(cfg.head_init, i),
             )
