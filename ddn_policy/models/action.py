@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn_policy.core import DiscreteDistributionLayer, SingleShotDDN
-from ddn_policy.models.mlp import ResidualMLPBlock, refinement_init
+from ddn_policy.core import SingleShotDDN
+from ddn_policy.models.mlp import ResidualMLPBlock, stage_layer
 
 TRUNKS = ("conv", "mlp")
 
@@ -149,19 +149,7 @@ class ActionDDN(nn.Module):
             else:
                 blocks.append(FlatMLPBlock(cfg.width, chunk, leak_dim, cfg.cond_dim))
                 shape = (chunk, 1)
-            layers.append(
-                DiscreteDistributionLayer(
-                    cfg.width,
-                    shape,
-                    cfg.k,
-                    leak=cfg.leak,
-                    prior=cfg.prior,
-                    chain_dropout=cfg.chain_dropout,
-                    chain_dropout_per_sample=cfg.chain_dropout_per_sample,
-                    chain_dropout_loss=cfg.chain_dropout_loss,
-                    init_range=refinement_init(cfg.head_init, i),
-                )
-            )
+            layers.append(stage_layer(cfg, cfg.width, shape, i))
         self.ddn = SingleShotDDN(blocks, layers)
         self.ddn.prior_weight = cfg.prior_weight
 

@@ -73,27 +73,27 @@ def mlp_ddn(cfg: MLPDDNConfig) -> SingleShotDDN:
     blocks, layers = [], []
     for i in range(cfg.num_layers):
         blocks.append(ResidualMLPBlock(cfg.width, cfg.sample_dim, leak_dim, cfg.cond_dim))
-        layers.append(
-            DiscreteDistributionLayer(
-                cfg.width,
-                (cfg.sample_dim,),
-                cfg.k,
-                leak=cfg.leak,
-                learn_residual=cfg.learn_residual,
-                chain_dropout=cfg.chain_dropout,
-                chain_dropout_per_sample=cfg.chain_dropout_per_sample,
-                chain_dropout_loss=cfg.chain_dropout_loss,
-                prior=cfg.prior,
-                init_range=refinement_init(cfg.head_init, i),
-            )
-        )
+        layers.append(stage_layer(cfg, cfg.width, (cfg.sample_dim,), i))
     return SingleShotDDN(blocks, layers)
 
 
-def refinement_init(head_init: float | None, index: int) -> float | None:
-    """DDL init range for stage `index`. With a condition, a node is trained only where
-    it is nearest (or drawn by chain dropout); elsewhere it keeps its initial offset from
-    the previous choice, and sampling may draw it. A small init range for the refining
-    stages keeps those untrained offsets small; the first stage places the coarse modes
-    and keeps the fan-in default."""
-    return head_init if index > 0 else None
+def stage_layer(cfg, in_features: int, sample_shape: tuple[int, ...], index: int):
+    """The DDL of stage `index`, configured from any model config that carries k, leak,
+    prior, chain_dropout, chain_dropout_per_sample, chain_dropout_loss and head_init
+    (MLPDDNConfig, ActionDDNConfig). With a condition, a node is trained only where it
+    is nearest (or drawn by chain dropout); elsewhere it keeps its initial offset from
+    the previous choice, and sampling may draw it. `head_init` keeps those offsets
+    small in the refining stages; the first stage places the coarse modes and keeps
+    the fan-in default."""
+    return DiscreteDistributionLayer(
+        in_features,
+        sample_shape,
+        cfg.k,
+        leak=cfg.leak,
+        learn_residual=getattr(cfg, "learn_residual", True),
+        prior=cfg.prior,
+        chain_dropout=cfg.chain_dropout,
+        chain_dropout_per_sample=cfg.chain_dropout_per_sample,
+        chain_dropout_loss=cfg.chain_dropout_loss,
+        init_range=cfg.head_init if index > 0 else None,
+    )
