@@ -1,7 +1,7 @@
 """`ddn-bench suite=sampling`: uniform vs learned-prior sampling x chain dropout.
 
 Chain dropout is a training setting and the sampling rule an inference setting, so each
-(target, p) is trained once and sampled both ways. Every finished training and every
+(target, training variant) is trained once and sampled both ways. Every finished training and every
 finished evaluation is cached under `cache_dir`, keyed by its settings, so an
 interrupted suite resumes where it stopped.
 """
@@ -16,14 +16,22 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ddn_policy.core import Prior, Uniform, make_balancer
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
-from ddn_policy.utils.io import atomic_write_text
+from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text
 
 SAMPLERS = {"uniform": Uniform, "prior": Prior}
+
+
+def training_variants(cfg: DictConfig) -> list[dict]:
+    """The suite's variants with the dropout loss spelled out ("taken" by default)."""
+    return [
+        {"p": v["p"], "loss": v.get("loss", "taken")}
+        for v in OmegaConf.to_container(cfg.suite.variants)
+    ]
 
 
 def settings_key(settings: dict) -> str:
@@ -71,10 +79,9 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         k=s.k,
         prior=True,
         chain_dropout_per_sample=variant["p"],
-        chain_dropout_loss=variant.get("loss", "taken"),
+        chain_dropout_loss=variant["loss"],
         head_init=head_init,
     )
-    p = variant["p"]
     # the reference's "taken" is left out of the key, so runs cached before the option
     # existed stay valid
     model = {k: v for k, v in cfg.__dict__.items() if (k, v) != ("chain_dropout_loss", "taken")}
@@ -88,8 +95,11 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         "balance": s.balance,
         "seed": seed,
     }
-    loss = "" if cfg.chain_dropout_loss == "taken" else f"-{cfg.chain_dropout_loss}"
-    name = f"synthetic-{target['name']}-p{p}{loss}-init{head_init}-{settings_key(settings)}"
+    suffix = "" if variant["loss"] == "taken" else f"-{variant['loss']}"
+    name = (
+        f"synthetic-{target['name']}-p{variant['p']}{suffix}-init{head_init}-"
+        f"{settings_key(settings)}"
+    )
     path = cache / f"{name}.safetensors"
     if path.exists():
         net.load_state_dict(load_file(str(path)))
@@ -107,9 +117,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         opt.step()
         if balancer is not None:
             balancer.step()
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.rename(path)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in net.state_dict().items()}))
     return net.eval()
 
 
@@ -121,10 +129,10 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
         (target, head_init, variant)
         for target in OmegaConf.to_container(s.targets)
         for head_init in s.head_init
-        for variant in OmegaConf.to_container(cfg.suite.variants)
+        for variant in training_variants(cfg)
     ]
     for target, head_init, variant in grid:
-        p, dropout_loss = variant["p"], variant.get("loss", "taken")
+        p, dropout_loss = variant["p"], variant["loss"]
         net = train_synthetic(target, s, variant, head_init, cfg.seed, cache)
         for sampling in cfg.suite.sampling:
             gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -154,7 +162,7 @@ def train_policy(task: str, demos: int, variant: dict, cfg: DictConfig, cache: P
     """ddn-train in a subprocess (resumable through its own checkpoints); returns the
     EMA policy directory of the finished run."""
     t = cfg.suite.tasks
-    p, dropout_loss = variant["p"], variant.get("loss", "taken")
+    p, dropout_loss = variant["p"], variant["loss"]
     overrides = [
         f"task={task}",
         "policy=ddn",
@@ -188,8 +196,8 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
     for run in OmegaConf.to_container(t.runs):
         task = run["name"]
         spec = get_task(task)
-        for variant in OmegaConf.to_container(cfg.suite.variants):
-            p, dropout_loss = variant["p"], variant.get("loss", "taken")
+        for variant in training_variants(cfg):
+            p, dropout_loss = variant["p"], variant["loss"]
             policy_dir = train_policy(task, run["demos"], variant, cfg, cache)
             episodes = run.get("episodes", t.episodes)
             for sampling in cfg.suite.sampling:
