@@ -22,25 +22,20 @@ TRUNKS = ("conv", "mlp")
 
 
 @dataclass
-class ActionDDNConfig:
+class TrunkConfig:
+    """The observation encoder and block stack shared by the DDN and the regression
+    baseline (baselines/mse), so the two differ only in what follows each block."""
+
     obs_dim: int  # Do, state observation size
     action_dim: int  # Da, action size
     obs_horizon: int = 2  # To, observations conditioning a chunk
     pred_horizon: int = 16  # Tp, actions per chunk
     trunk: str = "conv"  # "conv" (temporal conv + FiLM) or "mlp" (flattened chunk)
     width: int = 128  # trunk channels (conv) or features (mlp)
-    num_layers: int = 6  # L, blocks, each followed by its own DDL
-    k: int = 32  # candidates per DDL
+    num_layers: int = 6  # L, residual blocks
     cond_dim: int = 128  # width of the observation encoding fed to FiLM / the MLP
     kernel_size: int = 5  # temporal kernel of the conv trunk
     groups: int = 8  # GroupNorm groups of the conv trunk
-    leak: bool = True  # hand the chosen node's leak feature to the next block
-    prior: bool = True  # learned selection prior per DDL (see core/layer.py)
-    prior_weight: float = 0.1  # weight of the prior's cross-entropy beside the L2 loss
-    chain_dropout: float = 0.0  # per-batch probability of random choices in training
-    chain_dropout_per_sample: float = 0.05  # per-sample probability of the same
-    chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
-    head_init: float | None = 0.01  # init range of the refining DDL heads (models/mlp.py)
 
     def __post_init__(self):
         for name in (
@@ -58,30 +53,50 @@ class ActionDDNConfig:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
         if self.trunk not in TRUNKS:
             raise ValueError(f"trunk must be one of {TRUNKS}, got trunk={self.trunk!r}")
-        if self.k < 2:
-            raise ValueError(f"k must be >= 2, got k={self.k}")
         if self.trunk == "conv" and self.width % self.groups:
             raise ValueError(
                 f"width={self.width} must be divisible by groups={self.groups} (GroupNorm)"
             )
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd to keep Tp, got {self.kernel_size}")
+
+
+@dataclass
+class ActionDDNConfig(TrunkConfig):
+    k: int = 32  # candidates per DDL (one DDL after each of the num_layers blocks)
+    leak: bool = True  # hand the chosen node's leak feature to the next block
+    prior: bool = True  # learned selection prior per DDL (see core/layer.py)
+    prior_weight: float = 0.1  # weight of the prior's cross-entropy beside the L2 loss
+    chain_dropout: float = 0.0  # per-batch probability of random choices in training
+    chain_dropout_per_sample: float = 0.05  # per-sample probability of the same
+    chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
+    head_init: float | None = 0.01  # init range of the refining DDL heads (models/mlp.py)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2, got k={self.k}")
         if self.head_init is not None and self.head_init <= 0:
             raise ValueError(f"head_init must be > 0 or None, got head_init={self.head_init}")
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight must be >= 0, got {self.prior_weight}")
 
 
+# Trunk sizes by preset name; the DDN adds its K. Baselines of the same name use the same
+# trunk (regression) or are sized to the same parameter count (Diffusion Policy).
+TRUNK_PRESETS = {
+    "tiny": dict(width=32, num_layers=3, cond_dim=32),
+    "small": dict(width=128, num_layers=6, cond_dim=128),
+    "base": dict(width=256, num_layers=8, cond_dim=256),
+}
+DDN_K = {"tiny": 8, "small": 32, "base": 64}
+
+
 def preset(name: str, **fields) -> ActionDDNConfig:
     """Size presets: tiny (CI), small (CPU default), base (Diffusion-Policy-like width)."""
-    sizes = {
-        "tiny": dict(width=32, num_layers=3, k=8, cond_dim=32),
-        "small": dict(width=128, num_layers=6, k=32, cond_dim=128),
-        "base": dict(width=256, num_layers=8, k=64, cond_dim=256),
-    }
-    if name not in sizes:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sizes)}")
-    return ActionDDNConfig(**{**sizes[name], **fields})
+    if name not in TRUNK_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(TRUNK_PRESETS)}")
+    return ActionDDNConfig(**{**TRUNK_PRESETS[name], "k": DDN_K[name], **fields})
 
 
 class ConvFiLMBlock(nn.Module):
@@ -120,35 +135,40 @@ class FlatMLPBlock(ResidualMLPBlock):
         return super().forward(h, x.flatten(1), leak, cond).unsqueeze(-1)  # (B, W, 1)
 
 
+def observation_encoder(cfg: TrunkConfig) -> nn.Module:
+    """(B, To*Do) -> (B, cond_dim)."""
+    return nn.Sequential(
+        nn.Linear(cfg.obs_horizon * cfg.obs_dim, cfg.cond_dim),
+        nn.Mish(),
+        nn.Linear(cfg.cond_dim, cfg.cond_dim),
+    )
+
+
+def trunk_block(cfg: TrunkConfig, sample_channels: int, leak_dim: int) -> nn.Module:
+    """One block reading (h, previous sample, leak, condition); a regressor has no
+    previous sample or leak and passes sample_channels = leak_dim = 0."""
+    if cfg.trunk == "conv":
+        return ConvFiLMBlock(
+            cfg.width, sample_channels, leak_dim, cfg.cond_dim, cfg.kernel_size, cfg.groups
+        )
+    return FlatMLPBlock(cfg.width, sample_channels, leak_dim, cfg.cond_dim)
+
+
 class ActionDDN(nn.Module):
     """obs (B, To, Do) normalised -> condition; chunks (B, Tp, Da) normalised."""
 
     def __init__(self, cfg: ActionDDNConfig):
         super().__init__()
         self.cfg = cfg
-        in_dim = cfg.obs_horizon * cfg.obs_dim
-        self.obs_encoder = nn.Sequential(
-            nn.Linear(in_dim, cfg.cond_dim), nn.Mish(), nn.Linear(cfg.cond_dim, cfg.cond_dim)
-        )
+        self.obs_encoder = observation_encoder(cfg)
         leak_dim = cfg.width // 2 if cfg.leak else 0
-        chunk = cfg.pred_horizon * cfg.action_dim
+        if cfg.trunk == "conv":
+            shape = (cfg.action_dim, cfg.pred_horizon)
+        else:
+            shape = (cfg.pred_horizon * cfg.action_dim, 1)
         blocks, layers = [], []
-        for i in range(cfg.num_layers):
-            if cfg.trunk == "conv":
-                blocks.append(
-                    ConvFiLMBlock(
-                        cfg.width,
-                        cfg.action_dim,
-                        leak_dim,
-                        cfg.cond_dim,
-                        cfg.kernel_size,
-                        cfg.groups,
-                    )
-                )
-                shape = (cfg.action_dim, cfg.pred_horizon)
-            else:
-                blocks.append(FlatMLPBlock(cfg.width, chunk, leak_dim, cfg.cond_dim))
-                shape = (chunk, 1)
+        for i in range(cfg.num_layers):  # interleaved: the init order fixes the weights
+            blocks.append(trunk_block(cfg, shape[0], leak_dim))
             layers.append(stage_layer(cfg, cfg.width, shape, i))
         self.ddn = SingleShotDDN(blocks, layers)
         self.ddn.prior_weight = cfg.prior_weight

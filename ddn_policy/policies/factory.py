@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from ddn_policy.data.normalizer import MinMaxNormalizer
 from tasks import TaskSpec
 
+# name -> "module:Class"; imported on use so the baselines' dependencies (diffusers)
+# load only when a baseline is asked for
+POLICIES = {
+    "ddn": "ddn_policy.policies.ddn:DDNPolicy",
+    "diffusion": "baselines.diffusion_policy:DiffusionPolicy",
+    "mse": "baselines.mse:RegressionPolicy",
+}
+
+
+def policy_class(name: str):
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    module, cls = POLICIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
 
 def make_policy(cfg: dict, spec: TaskSpec, normalizer: MinMaxNormalizer):
     """cfg: the hydra `policy` node as a dict ({"name": "ddn", "preset": ..., ...})."""
     cfg = dict(cfg)
-    name = cfg.pop("name")
-    if name == "ddn":
-        from ddn_policy.models.action import preset
-        from ddn_policy.policies.ddn import DDNPolicy, DDNPolicyConfig
-
-        model = preset(
-            cfg.pop("preset", "small"),
-            obs_dim=spec.obs_dim,
-            action_dim=spec.action_dim,
-            obs_horizon=spec.obs_horizon,
-            pred_horizon=spec.pred_horizon,
-            **cfg.pop("model", {}),
-        )
-        config = DDNPolicyConfig(
-            model=model,
-            action_horizon=spec.action_horizon,
-            hand_obs=spec.hand_obs,
-            action_to_position=spec.action_to_position,
-            task=spec.name,
-            **cfg,
-        )
-        return DDNPolicy(config, normalizer)
-    raise ValueError(f"unknown policy {name!r}; known: ddn")
+    return policy_class(cfg.pop("name")).from_task(cfg, spec, normalizer)
 
 
 def load_policy(directory: str | Path):
@@ -46,8 +40,6 @@ def load_policy(directory: str | Path):
     if not config.is_file():
         raise FileNotFoundError(f"{d} holds no config.json; pass a checkpoint directory")
     name = json.loads(config.read_text()).get("name")
-    if name == "ddn":
-        from ddn_policy.policies.ddn import DDNPolicy
-
-        return DDNPolicy.from_pretrained(d)
-    raise ValueError(f"{config} names an unknown policy type {name!r}")
+    if name not in POLICIES:
+        raise ValueError(f"{config} names an unknown policy type {name!r}")
+    return policy_class(name).from_pretrained(d)

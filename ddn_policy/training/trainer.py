@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ddn_policy.core import make_balancer
+from ddn_policy.core.balance import ddn_layers
 from ddn_policy.training.checkpoint import (
     latest_complete,
     load_optimizer_tensors,
@@ -80,8 +81,10 @@ class Trainer:
             self.optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.steps)
         )
         self.ema = EMA(policy.model, cfg.ema_power, cfg.ema_max_decay)
+        # balancing acts on DDLs; the baselines have none and train without it
+        has_ddls = bool(ddn_layers(policy.model))
         self.balancer = make_balancer(
-            cfg.balance,
+            cfg.balance if has_ddls else "none",
             policy.model,
             self.optimizer,
             [self.ema.module],

@@ -1,0 +1,184 @@
+"""What every chunk policy shares: environment units at the interface with the
+normalizer inside, the observation history and receding-horizon action queue of
+`select_action`, best-of-n under a guide, and save/load as JSON + safetensors.
+
+A subclass sets `name` and `config_class` (a dataclass with `model`, `action_horizon`
+and `task`; `model` carries obs_dim, action_dim, obs_horizon, pred_horizon), builds
+`self.model` in `build_model`, and implements `compute_loss` and `predict_chunks`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from ddn_policy.data.normalizer import MinMaxNormalizer
+from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+NORMALIZER_FILE = "normalizer.safetensors"
+
+
+def check_action_horizon(action_horizon: int, model_cfg) -> None:
+    """Executed actions start at index To-1 of the chunk, so Ta <= Tp - To + 1."""
+    limit = model_cfg.pred_horizon - model_cfg.obs_horizon + 1
+    if not 1 <= action_horizon <= limit:
+        raise ValueError(
+            f"need 1 <= action_horizon <= Tp - To + 1 = {limit}, "
+            f"got action_horizon={action_horizon}"
+        )
+
+
+class ChunkPolicy(nn.Module):
+    name: str = ""
+    config_class: type = object
+
+    def __init__(self, config, normalizer: MinMaxNormalizer):
+        super().__init__()
+        self.config = config
+        self.model = self.build_model(config.model)
+        self.normalizer = normalizer
+        self.reset()
+
+    def build_model(self, model_cfg) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def model_preset(name: str, **fields):
+        """The model config of size preset `name` with `fields` overriding it."""
+        raise NotImplementedError
+
+    @classmethod
+    def task_fields(cls, spec) -> dict:
+        """Policy-config fields a task decides (beside horizons and the task name)."""
+        return {}
+
+    @classmethod
+    def from_task(cls, cfg: dict, spec, normalizer: MinMaxNormalizer):
+        """cfg: the hydra `policy` node without its name: {preset, model: {...}, ...}."""
+        cfg = dict(cfg)
+        model = cls.model_preset(
+            cfg.pop("preset", "small"),
+            obs_dim=spec.obs_dim,
+            action_dim=spec.action_dim,
+            obs_horizon=spec.obs_horizon,
+            pred_horizon=spec.pred_horizon,
+            **cfg.pop("model", {}),
+        )
+        config = cls.config_class(
+            model=model,
+            action_horizon=spec.action_horizon,
+            task=spec.name,
+            **cls.task_fields(spec),
+            **cfg,
+        )
+        return cls(config, normalizer)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """batch: obs (B, To, Do), action (B, Tp, Da) in environment units."""
+        raise NotImplementedError
+
+    def predict_chunks(self, obs, n=1, guide=None, best_of=None, generator=None):
+        """obs (B, To, Do) -> chunks (B, n, Tp, Da) in env units, and an info dict."""
+        raise NotImplementedError
+
+    guide = None  # a chunk guide applied by select_action (set by ddn-eval guide=...)
+    best_of: int | None = None  # with a guide: hypotheses drawn per executed chunk
+
+    # ------------------------------------------------------------------ helpers
+    def check_obs(self, obs) -> Tensor:
+        m = self.config.model
+        obs = torch.as_tensor(obs)
+        if not obs.is_floating_point():
+            raise ValueError(f"observations must be floating point, got dtype {obs.dtype}")
+        if obs.dim() != 3 or obs.shape[1:] != (m.obs_horizon, m.obs_dim):
+            raise ValueError(
+                f"obs must be (B, To, Do) = (B, {m.obs_horizon}, {m.obs_dim}), "
+                f"got {tuple(obs.shape)}"
+            )
+        device = next(self.parameters()).device
+        return obs.to(device, torch.float32)
+
+    @staticmethod
+    def keep_best(guide, chunks: Tensor, obs_rows: Tensor, n: int, best_of: int, *extra):
+        """chunks (B, n*m, Tp, Da) drawn m=best_of per kept chunk -> the guide's best of
+        each group of m: (B, n, Tp, Da); `extra` tensors (B, n*m, ...) follow the pick."""
+        scores = guide(chunks.flatten(0, 1)[:, None], obs_rows).view(-1, n, best_of)
+        pick = scores.argmax(-1)  # (B, n)
+        rows, cols = torch.arange(len(pick))[:, None], torch.arange(n)
+
+        def best(t: Tensor) -> Tensor:  # (B, n*m, ...) -> (B, n, ...)
+            return t.unflatten(1, (n, best_of))[rows, cols, pick]
+
+        return (best(chunks), *(best(t) for t in extra))
+
+    @staticmethod
+    def spread(chunks: Tensor) -> Tensor | None:
+        """Uncertainty per row: mean std of the n hypotheses (None for n = 1)."""
+        return chunks.std(dim=1, unbiased=False).mean(dim=(1, 2)) if chunks.shape[1] > 1 else None
+
+    # ------------------------------------------------------------------ acting
+    def reset(self) -> None:
+        self._history: deque[Tensor] = deque(maxlen=self.config.model.obs_horizon)
+        self._queue: deque[Tensor] = deque()
+        self.calls = 0  # chunk predictions since reset (for tests and latency accounting)
+
+    @torch.no_grad()
+    def select_action(self, obs) -> np.ndarray:
+        """obs (B, Do) of the current step -> actions (B, Da); a chunk is predicted only
+        when the queue of executable actions is empty."""
+        obs = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+        if obs.dim() != 2 or obs.shape[1] != self.config.model.obs_dim:
+            raise ValueError(
+                f"select_action expects (B, {self.config.model.obs_dim}), got {tuple(obs.shape)}"
+            )
+        if not self._history:
+            self._history.extend([obs] * self.config.model.obs_horizon)
+        self._history.append(obs)
+        if not self._queue:
+            history = torch.stack(list(self._history), dim=1)  # (B, To, Do)
+            chunks, _ = self.predict_chunks(history, n=1, guide=self.guide, best_of=self.best_of)
+            start = self.config.model.obs_horizon - 1
+            executed = chunks[:, 0, start : start + self.config.action_horizon]  # (B, Ta, Da)
+            self._queue.extend(executed.transpose(0, 1).cpu())
+            self.calls += 1
+        return self._queue.popleft().numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json, model.safetensors, normalizer.safetensors; no pickle."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        config = {"name": self.name, **asdict(self.config)}
+        atomic_write_text(d / CONFIG_FILE, json.dumps(config, indent=2))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write_bytes(d / WEIGHTS_FILE, save(tensors))
+        atomic_write_bytes(d / NORMALIZER_FILE, save(self.normalizer.state_dict()))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path):
+        d = Path(directory)
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE) if not (d / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{d} is not a saved {cls.__name__}: missing {', '.join(missing)}"
+            )
+        raw = json.loads((d / CONFIG_FILE).read_text())
+        name = raw.pop("name", None)
+        if name != cls.name:
+            raise ValueError(
+                f"{d / CONFIG_FILE} describes policy {name!r}, not {cls.name!r}; "
+                "load it with ddn_policy.policies.factory.load_policy"
+            )
+        normalizer = MinMaxNormalizer.from_state_dict(load_file(str(d / NORMALIZER_FILE)))
+        policy = cls(cls.config_class(**raw), normalizer)
+        policy.model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        return policy.eval()
