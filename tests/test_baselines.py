@@ -99,9 +99,7 @@ class NoiseOracle(nn.Module):
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 100), ("ddim", 10), ("ddim", 1)])
-def test_scheduler_round_trip_recovers_the_chunk_from_a_perfect_noise_prediction(
-    sampler, steps
-):
+def test_scheduler_round_trip_recovers_the_chunk_from_a_perfect_noise_prediction(sampler, steps):
     policy = make_policy(
         {"name": "diffusion", "preset": "tiny", "sampler": sampler, "inference_steps": steps},
         SPEC,

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR
 from ddn_policy.core import Selector, Uniform
-from ddn_policy.evaluation.bench_policy import ddn_latency
+from ddn_policy.evaluation.bench_compare import compare
+from ddn_policy.evaluation.bench_policy import ddn_latency, method_latency
 from ddn_policy.evaluation.bench_sampling import sampling_ablation
 from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
-from ddn_policy.evaluation.report import markdown_table, write_report
+from ddn_policy.evaluation.plots import comparison_plots
+from ddn_policy.evaluation.report import markdown_table, write_report, write_results
 from ddn_policy.evaluation.timing import median_seconds
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
 
@@ -63,17 +66,28 @@ SUITES = {
     "ddn_latency": ddn_latency,
     "sampling": sampling_ablation,
 }
+# suites that compare methods: results.json (flat rows), results.md and plots under
+# suite.results_dir
+COMPARISONS = {"multimodal": compare, "metaworld": compare, "latency": method_latency}
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     name = cfg.suite.name
-    if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    if name not in SUITES and name not in COMPARISONS:
+        known = ", ".join([*SUITES, *COMPARISONS])
+        raise ValueError(f"unknown suite {name!r}; known: {known}")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    command = " ".join(["ddn-bench", *HydraConfig.get().overrides.task])
+    if name in COMPARISONS:
+        rows, table = COMPARISONS[name](cfg)
+        results_dir = Path(hydra.utils.to_absolute_path(cfg.suite.results_dir))
+        write_results(results_dir, rows, table, command)
+        comparison_plots(results_dir, rows)
+        print(f"wrote {results_dir}/results.json, results.md and plots")
+        return
     payload, table = SUITES[name](cfg)
-    command = f"ddn-bench suite={name}"
     write_report(Path(cfg.out_dir), name, payload, table, command)
     print(f"wrote {Path(cfg.out_dir) / name}.json and .md")
 

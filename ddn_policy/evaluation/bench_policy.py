@@ -91,3 +91,121 @@ def ddn_latency(cfg: DictConfig) -> tuple[dict, str]:
         "guided_over_random",
     ]
     return payload, markdown_table(rows, cols)
+
+
+# ---------------------------------------------------------------- DDN vs the baselines
+def _train_step_seconds(policy, spec, batch: int, warmup: int, calls: int) -> float:
+    """Median seconds of one optimizer step (forward, backward, AdamW) at `batch`."""
+    gen = torch.Generator().manual_seed(0)
+    data = {
+        "obs": torch.randn(batch, spec.obs_horizon, spec.obs_dim, generator=gen),
+        "action": torch.randn(batch, spec.pred_horizon, spec.action_dim, generator=gen),
+    }
+    device = next(policy.parameters()).device
+    data = {k: v.to(device) for k, v in data.items()}
+    policy.train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+
+    def step():
+        loss, _ = policy.compute_loss(data)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds = median_seconds(step, warmup, calls, synchronize=device.type == "cuda")
+    policy.eval()
+    return seconds
+
+
+def method_latency(cfg: DictConfig) -> tuple[list[dict], str]:
+    """Per-chunk inference time of every method at each batch, and one training step,
+    timed in one process on one device with the same thread count; ratios to DDN
+    (random sampling) from the same run."""
+    s = cfg.suite
+    spec = get_task(s.task)
+    device = torch.device(s.device)
+    rng = np.random.default_rng(cfg.seed)
+    normalizer = MinMaxNormalizer.fit(
+        {
+            "obs": rng.normal(size=(256, spec.obs_dim)),
+            "action": rng.normal(size=(256, spec.action_dim)),
+        }
+    )
+    policies = {
+        name: make_policy(OmegaConf.to_container(p, resolve=True), spec, normalizer)
+        .to(device)
+        .eval()
+        for name, p in s.policies.items()
+    }
+    guide = MaxStep(0.8)
+    sync = device.type == "cuda"
+    variants = []  # (method, policy name, inference settings, predict_chunks kwargs)
+    for name, v in OmegaConf.to_container(s.methods).items():
+        if v["policy"] not in policies:
+            raise ValueError(
+                f"latency method {name!r} uses policy {v['policy']!r}; "
+                f"suite.policies has {', '.join(policies)}"
+            )
+        kwargs = {"n": v.get("hypotheses", 1)}
+        if v.get("guided", False):
+            kwargs["guide"] = guide
+        variants.append((name, v["policy"], v.get("inference", {}), kwargs))
+    rows = []
+    for batch in s.batches:
+        obs = torch.randn(batch, spec.obs_horizon, spec.obs_dim, device=device)
+        timings = {}
+        for name, policy_name, inference, kwargs in variants:
+            policy = policies[policy_name]
+            for k, v in inference.items():
+                setattr(policy.config, k, v)
+            policy.config.__post_init__()  # re-validate the changed inference settings
+            with torch.inference_mode():
+                seconds = median_seconds(
+                    lambda policy=policy, kwargs=kwargs, obs=obs: policy.predict_chunks(
+                        obs, **kwargs
+                    ),
+                    s.warmup,
+                    s.calls,
+                    synchronize=sync,
+                )
+            timings[name] = seconds
+        for name, policy_name, _, _ in variants:
+            params = sum(p.numel() for p in policies[policy_name].model.parameters())
+            rows.append(
+                {
+                    "suite": "latency",
+                    "task": s.task,
+                    "method": name,
+                    "batch": batch,
+                    "ms_median": 1e3 * timings[name],
+                    "over_ddn": timings[name] / timings[s.reference],
+                    "params": params,
+                    "device": s.device,
+                    "threads": torch.get_num_threads(),
+                }
+            )
+            print(
+                f"batch {batch} {name}: {1e3 * timings[name]:.2f} ms "
+                f"({timings[name] / timings[s.reference]:.1f}x DDN)",
+                flush=True,
+            )
+    train_seconds = {
+        name: _train_step_seconds(p, spec, s.train_batch, s.train_warmup, s.train_calls)
+        for name, p in policies.items()
+    }
+    for name, seconds in train_seconds.items():
+        rows.append(
+            {
+                "suite": "latency",
+                "task": s.task,
+                "method": f"train_step_{name}",
+                "batch": s.train_batch,
+                "ms_median": 1e3 * seconds,
+                "over_ddn": seconds / train_seconds["ddn"],
+                "device": s.device,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        print(f"train step {name}: {1e3 * seconds:.1f} ms", flush=True)
+    cols = ["method", "batch", "ms_median", "over_ddn", "params"]
+    return rows, markdown_table(rows, cols)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -62,3 +63,79 @@ def hypotheses_picture(policy, spec: TaskSpec, path: Path, n: int = 64, seed: in
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return {"route_counts": counts, "uncertainty": float(info["uncertainty"][0])}
+
+
+# ---------------------------------------------------------------- benchmark suites
+LATENCY_RESULTS = Path("benchmarks/results/latency/results.json")
+
+
+def _by(rows: list[dict], field: str) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r[field], []).append(r)
+    return out
+
+
+def comparison_plots(results_dir: Path, rows: list[dict]) -> list[Path]:
+    """Latency rows: per-method bars at each batch (log scale). Success rows: per-task
+    bars (mean and std over seeds) and, when the latency suite has been run, success
+    against batch-1 latency per method."""
+    results_dir = Path(results_dir)
+    written = []
+    if rows and "ms_median" in rows[0]:
+        chunk_rows = [r for r in rows if not r["method"].startswith("train_step")]
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        batches = sorted({r["batch"] for r in chunk_rows})
+        methods = list(dict.fromkeys(r["method"] for r in chunk_rows))
+        width = 0.8 / len(batches)
+        for i, batch in enumerate(batches):
+            ms = {r["method"]: r["ms_median"] for r in chunk_rows if r["batch"] == batch}
+            xs = np.arange(len(methods)) + i * width
+            ax.bar(xs, [ms[m] for m in methods], width, label=f"batch {batch}")
+        ax.set_xticks(np.arange(len(methods)) + width * (len(batches) - 1) / 2, methods)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per chunk (median)")
+        ax.legend()
+        fig.tight_layout()
+        written.append(results_dir / "latency.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+        return written
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        mine = _by([r for r in rows if r["method"] == method], "task")
+        means = [np.mean([r["success"] for r in mine.get(t, [])] or [np.nan]) for t in tasks]
+        stds = [np.std([r["success"] for r in mine.get(t, [])] or [np.nan]) for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=stds, label=method)
+    short = [t.split("/")[-1] for t in tasks]
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(methods) - 1) / 2, short, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success (final checkpoint)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(results_dir / "success_by_task.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    if LATENCY_RESULTS.is_file():
+        latency = {
+            r["method"]: r["ms_median"]
+            for r in json.loads(LATENCY_RESULTS.read_text())
+            if r["batch"] == 1 and "train_step" not in r["method"]
+        }
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in methods:
+            if method in latency:
+                success = np.mean([r["success"] for r in rows if r["method"] == method])
+                ax.scatter(latency[method], success, s=40)
+                ax.annotate(method, (latency[method], success), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per chunk at batch 1 (latency suite)")
+        ax.set_ylabel("mean success")
+        fig.tight_layout()
+        written.append(results_dir / "success_vs_latency.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

@@ -34,3 +34,12 @@ def write_report(out_dir: Path, name: str, payload: dict, table: str, command: s
     payload = {**payload, "machine": machine(), "command": command}
     atomic_write_text(out_dir / f"{name}.json", json.dumps(payload, indent=2))
     atomic_write_text(out_dir / f"{name}.md", f"# {name}\n\n`{command}`\n\n{table}")
+
+
+def write_results(results_dir: Path, rows: list[dict], table: str, command: str) -> None:
+    """results.json (a list of flat rows) and results.md (the table, the command and
+    the machine) for the comparison suites."""
+    results_dir = Path(results_dir)
+    atomic_write_text(results_dir / "results.json", json.dumps(rows, indent=2))
+    facts = ", ".join(f"{k} {v}" for k, v in machine().items())
+    atomic_write_text(results_dir / "results.md", f"`{command}`\n\nMachine: {facts}\n\n{table}")

@@ -1,0 +1,229 @@
+"""`ddn-bench suite=multimodal|metaworld`: DDN against Diffusion Policy and regression.
+
+Fairness: for each (task, demos) one demonstration set (seed `demos_seed`) serves every
+method and training seed; every method trains with the same steps and batch through
+`ddn-train`, and is evaluated on the same starts (`eval_seed`). Diffusion Policy is
+trained once per seed and evaluated with each of its samplers (DDPM-100, DDIM-10).
+
+Resumability: a training is cached in `cache_dir/<task>-<policy>-d<demos>-s<seed>-<hash>`
+where the hash covers every setting that shapes it (an interrupted ddn-train resumes
+from its last checkpoint); each evaluation of a checkpoint is cached beside it as JSON;
+a finished run's summary (`summary-<method>-<hash>.json`) makes the row without
+loading anything. A changed setting changes the hash, so stale runs are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.utils.io import atomic_write_text
+
+POLICIES = ("ddn", "diffusion", "mse")
+
+
+def key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def check_methods(methods: dict) -> None:
+    """Every method names a known policy; inference settings belong to its policy."""
+    for name, m in methods.items():
+        if m.get("policy") not in POLICIES:
+            raise ValueError(
+                f"method {name!r} has policy={m.get('policy')!r}; known: {', '.join(POLICIES)}"
+            )
+
+
+def training_settings(s: DictConfig, task: str, demos: int, policy: str, seed: int) -> dict:
+    """Everything that shapes one training: the key of its cache directory."""
+    return {
+        "task": task,
+        "demos": demos,
+        "demos_seed": s.demos_seed,
+        "policy": policy,
+        "preset": s.preset,
+        "policy_overrides": OmegaConf.to_container(s.policy_overrides).get(policy, {}),
+        "steps": s.steps,
+        "batch_size": s.batch_size,
+        "checkpoint_every": s.checkpoint_every,
+        "seed": seed,
+        "device": s.device,
+    }
+
+
+def overrides_of(settings: dict) -> list[str]:
+    """ddn-train's command-line overrides for one training."""
+    out = [
+        f"task={settings['task']}",
+        f"policy={settings['policy']}",
+        f"policy.preset={settings['preset']}",
+        f"steps={settings['steps']}",
+        f"batch_size={settings['batch_size']}",
+        f"seed={settings['seed']}",
+        f"demos.episodes={settings['demos']}",
+        f"demos.seed={settings['demos_seed']}",
+        f"train.checkpoint_every={settings['checkpoint_every']}",
+        "eval.episodes=0",
+    ]
+    out += [f"policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def train(settings: dict, cache: Path, threads: int) -> Path:
+    """Run (or resume) one training in a subprocess; returns its directory."""
+    name = f"{settings['task'].replace('/', '_')}-{settings['policy']}-d{settings['demos']}"
+    run_dir = cache / f"{name}-s{settings['seed']}-{key(settings)}"
+    if (run_dir / "train.json").is_file():
+        return run_dir
+    command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides_of(settings)]
+    command.append(f"out_dir={run_dir}")
+    print(" ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    last = [r for r in log if "loss" in r][-1]
+    from ddn_policy.policies.factory import load_policy
+
+    policy = load_policy(run_dir / "checkpoints" / "last")
+    params = sum(p.numel() for p in policy.model.parameters())
+    summary = {
+        "settings": settings,
+        "seconds_per_step": last["seconds"] / last["step"],
+        "params": params,
+        "final_loss": last["loss"],
+    }
+    # only the last checkpoint's optimizer state is needed (to resume); the others
+    # keep their policy for the periodic evaluations
+    for ckpt in checkpoints(run_dir)[:-1]:
+        shutil.rmtree(ckpt / "training_state", ignore_errors=True)
+    atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
+    return run_dir
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    steps = [p for p in root.iterdir() if p.name.isdigit() and (p / "COMPLETE").is_file()]
+    return sorted(steps, key=lambda p: int(p.name))
+
+
+def evaluate(ckpt: Path, method: dict, spec, episodes: int, s: DictConfig) -> dict:
+    """One cached evaluation of a checkpoint with a method's inference settings."""
+    inference = method.get("inference", {})
+    tag = "-".join(f"{k}{v}" for k, v in sorted(inference.items())) or "default"
+    path = ckpt / f"eval-{tag}-{episodes}-{s.eval_seed}.json"
+    if not path.is_file():
+        from ddn_policy.evaluation.runner import run as run_episodes
+        from ddn_policy.policies.factory import load_policy
+
+        policy = load_policy(ckpt).to(s.device)
+        for k, v in inference.items():
+            setattr(policy.config, k, v)
+        policy.config.__post_init__()  # re-validate the changed inference settings
+        info = run_episodes(
+            policy, spec, episodes, seed=s.eval_seed, num_envs=s.num_envs, progress=False
+        )
+        atomic_write_text(path, json.dumps(info["aggregated"], indent=2))
+    return json.loads(path.read_text())
+
+
+def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: dict, s, cache):
+    from tasks import get_task
+
+    spec = get_task(task)
+    settings = training_settings(s, task, demos, method["policy"], seed)
+    eval_settings = {
+        "inference": method.get("inference", {}),
+        "episodes": s.episodes,
+        "periodic_episodes": s.periodic_episodes,
+        "eval_seed": s.eval_seed,
+    }
+    run_dir = train(settings, cache, s.threads)
+    summary_path = run_dir / f"summary-{name}-{key(eval_settings)}.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    trained = json.loads((run_dir / "train.json").read_text())
+    ckpts = checkpoints(run_dir)
+    periodic, final = [], None
+    for ckpt in ckpts:
+        last = ckpt == ckpts[-1]
+        agg = evaluate(ckpt, method, spec, s.episodes if last else s.periodic_episodes, s)
+        periodic.append(agg["pc_success"] / 100)
+        final = agg if last else final
+        print(f"{task} {name} seed {seed} step {int(ckpt.name)}: {periodic[-1]:.2f}", flush=True)
+    row = {
+        "suite": suite,
+        "task": task,
+        "method": name,
+        "seed": seed,
+        "demos": demos,
+        "success": final["pc_success"] / 100,
+        "success_top5": float(np.mean(sorted(periodic)[-5:])),
+        "periodic_success": periodic,
+        "train_s_per_step": trained["seconds_per_step"],
+        "params": trained["params"],
+        "device": settings["device"],
+        "config_hash": key(settings),
+    }
+    if spec.has_route:
+        row.update({f"route{k}": v for k, v in final["route_frequencies"].items()})
+        row["switch_rate"] = final["switch_rate"]
+        row["collision_rate"] = final["collision_rate"]
+    atomic_write_text(summary_path, json.dumps(row, indent=2))
+    return row
+
+
+def aggregate(rows: list[dict], fields: list[str]) -> list[dict]:
+    """Mean and std across seeds per (task, demos, method)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["demos"], r["method"]), []).append(r)
+    out = []
+    for (task, demos, method), rs in groups.items():
+        agg = {"task": task, "demos": demos, "method": method, "seeds": len(rs)}
+        for f in fields:
+            vals = [r[f] for r in rs if f in r]
+            if vals:
+                agg[f] = f"{np.mean(vals):.3g} ± {np.std(vals):.2g}"
+        out.append(agg)
+    return out
+
+
+def compare(cfg: DictConfig) -> tuple[list[dict], str]:
+    """All rows of a comparison suite (training and evaluating what is not cached)."""
+    s = cfg.suite
+    methods = OmegaConf.to_container(s.methods)
+    check_methods(methods)
+    unknown = [m for m in s.run_methods if m not in methods]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(methods)}")
+    cache = Path(s.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for task in s.tasks:
+        for demos in s.demos:
+            for seed in s.seeds:
+                for name in s.run_methods:
+                    method = methods[name]
+                    rows.append(method_row(s.name, task, demos, seed, name, method, s, cache))
+    fields = ["success", "success_top5", "route0", "route1", "switch_rate", "train_s_per_step"]
+    table = markdown_table(aggregate(rows, fields), ["task", "demos", "method", "seeds", *fields])
+    return rows, table
