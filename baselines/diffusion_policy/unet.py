@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ddn_policy.models.action import preset_fields
+
 # down_dims per preset, chosen so each has the parameter count of the DDN preset of the
 # same name within 20% (tests/test_baselines.py checks this on the benchmark's tasks)
 UNET_PRESETS = {
@@ -59,9 +61,7 @@ class UNetConfig:
 
 
 def unet_preset(name: str, **fields) -> UNetConfig:
-    if name not in UNET_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(UNET_PRESETS)}")
-    return UNetConfig(**{**UNET_PRESETS[name], **fields})
+    return UNetConfig(**{**preset_fields(UNET_PRESETS, name), **fields})
 
 
 def sinusoidal_embedding(steps: Tensor, dim: int) -> Tensor:

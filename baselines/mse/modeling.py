@@ -16,6 +16,7 @@ from ddn_policy.models.action import (
     TRUNK_PRESETS,
     TrunkConfig,
     observation_encoder,
+    preset_fields,
     trunk_block,
 )
 from ddn_policy.policies.base import ChunkPolicy, check_action_horizon
@@ -23,9 +24,7 @@ from ddn_policy.policies.base import ChunkPolicy, check_action_horizon
 
 def trunk_preset(name: str, **fields) -> TrunkConfig:
     """The DDN preset's trunk, without its DDLs."""
-    if name not in TRUNK_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(TRUNK_PRESETS)}")
-    return TrunkConfig(**{**TRUNK_PRESETS[name], **fields})
+    return TrunkConfig(**{**preset_fields(TRUNK_PRESETS, name), **fields})
 
 
 class ChunkRegressor(nn.Module):

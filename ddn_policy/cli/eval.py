@@ -20,7 +20,7 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError("the checkpoint names no task; pass task=<name>")
     spec = get_task(task)
     if cfg.sampling is not None:
-        policy.config.sampling = cfg.sampling
+        policy.set_inference(sampling=cfg.sampling)
     guide_cfg = OmegaConf.to_container(cfg.guide, resolve=True) if cfg.get("guide") else None
     policy.guide = make_guide(guide_cfg, spec.hand_obs, spec.action_to_position)
     policy.best_of = cfg.best_of

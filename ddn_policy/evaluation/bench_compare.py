@@ -14,7 +14,6 @@ loading anything. A changed setting changes the hash, so stale runs are never mi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,13 +25,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.evaluation.report import markdown_table
-from ddn_policy.utils.io import atomic_write_text
-
-POLICIES = ("ddn", "diffusion", "mse")
-
-
-def key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+from ddn_policy.policies.factory import POLICIES
+from ddn_policy.utils.io import atomic_write_text, settings_key
 
 
 def check_methods(methods: dict) -> None:
@@ -92,7 +86,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def train(settings: dict, cache: Path, threads: int) -> Path:
     """Run (or resume) one training in a subprocess; returns its directory."""
     name = f"{settings['task'].replace('/', '_')}-{settings['policy']}-d{settings['demos']}"
-    run_dir = cache / f"{name}-s{settings['seed']}-{key(settings)}"
+    run_dir = cache / f"{name}-s{settings['seed']}-{settings_key(settings)}"
     if (run_dir / "train.json").is_file():
         return run_dir
     command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides_of(settings)]
@@ -135,9 +129,7 @@ def evaluate(ckpt: Path, method: dict, spec, episodes: int, s: DictConfig) -> di
         from ddn_policy.policies.factory import load_policy
 
         policy = load_policy(ckpt).to(s.device)
-        for k, v in inference.items():
-            setattr(policy.config, k, v)
-        policy.config.__post_init__()  # re-validate the changed inference settings
+        policy.set_inference(**inference)
         info = run_episodes(
             policy, spec, episodes, seed=s.eval_seed, num_envs=s.num_envs, progress=False
         )
@@ -157,7 +149,7 @@ def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: 
         "eval_seed": s.eval_seed,
     }
     run_dir = train(settings, cache, s.threads)
-    summary_path = run_dir / f"summary-{name}-{key(eval_settings)}.json"
+    summary_path = run_dir / f"summary-{name}-{settings_key(eval_settings)}.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     trained = json.loads((run_dir / "train.json").read_text())
@@ -181,7 +173,7 @@ def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: 
         "train_s_per_step": trained["seconds_per_step"],
         "params": trained["params"],
         "device": settings["device"],
-        "config_hash": key(settings),
+        "config_hash": settings_key(settings),
     }
     if spec.has_route:
         row.update({f"route{k}": v for k, v in final["route_frequencies"].items()})

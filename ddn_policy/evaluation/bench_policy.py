@@ -156,9 +156,7 @@ def method_latency(cfg: DictConfig) -> tuple[list[dict], str]:
         timings = {}
         for name, policy_name, inference, kwargs in variants:
             policy = policies[policy_name]
-            for k, v in inference.items():
-                setattr(policy.config, k, v)
-            policy.config.__post_init__()  # re-validate the changed inference settings
+            policy.set_inference(**inference)
             with torch.inference_mode():
                 seconds = median_seconds(
                     lambda policy=policy, kwargs=kwargs, obs=obs: policy.predict_chunks(

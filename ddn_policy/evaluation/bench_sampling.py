@@ -8,7 +8,6 @@ interrupted suite resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save
 from ddn_policy.core import Prior, Uniform, make_balancer
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
-from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text
+from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text, settings_key
 
 SAMPLERS = {"uniform": Uniform, "prior": Prior}
 
@@ -32,10 +31,6 @@ def training_variants(cfg: DictConfig) -> list[dict]:
         {"p": v["p"], "loss": v.get("loss", "taken")}
         for v in OmegaConf.to_container(cfg.suite.variants)
     ]
-
-
-def settings_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ---------------------------------------------------------------- synthetic targets
@@ -204,7 +199,7 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                 result = policy_dir.parents[2] / f"eval-{sampling}-{episodes}-{cfg.seed}.json"
                 if not result.exists():
                     policy = load_policy(policy_dir)
-                    policy.config.sampling = sampling
+                    policy.set_inference(sampling=sampling)
                     info = run_episodes(policy, spec, episodes, seed=cfg.seed, num_envs=t.num_envs)
                     atomic_write_text(result, json.dumps(info["aggregated"], indent=2))
                 agg = json.loads(result.read_text())

@@ -92,11 +92,17 @@ TRUNK_PRESETS = {
 DDN_K = {"tiny": 8, "small": 32, "base": 64}
 
 
+def preset_fields(presets: dict[str, dict], name: str) -> dict:
+    """The sizes of preset `name`, or an error listing the known names."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(presets)}")
+    return presets[name]
+
+
 def preset(name: str, **fields) -> ActionDDNConfig:
     """Size presets: tiny (CI), small (CPU default), base (Diffusion-Policy-like width)."""
-    if name not in TRUNK_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(TRUNK_PRESETS)}")
-    return ActionDDNConfig(**{**TRUNK_PRESETS[name], "k": DDN_K[name], **fields})
+    sizes = preset_fields(TRUNK_PRESETS, name)
+    return ActionDDNConfig(**{**sizes, "k": DDN_K[name], **fields})
 
 
 class ConvFiLMBlock(nn.Module):

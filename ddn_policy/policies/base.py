@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,11 @@ class ChunkPolicy(nn.Module):
     def predict_chunks(self, obs, n=1, guide=None, best_of=None, generator=None):
         """obs (B, To, Do) -> chunks (B, n, Tp, Da) in env units, and an info dict."""
         raise NotImplementedError
+
+    def set_inference(self, **settings) -> None:
+        """Change inference fields of the config (a DDN's sampling or temperature, a
+        diffusion sampler and its steps); the config's validation runs again."""
+        self.config = replace(self.config, **settings)
 
     guide = None  # a chunk guide applied by select_action (set by ddn-eval guide=...)
     best_of: int | None = None  # with a guide: hypotheses drawn per executed chunk
