@@ -1,5 +1,19 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests: fixed examples per CI pass (derandomize) so a failure reproduces from
+# the same commit; `pytest --hypothesis-profile=explore` searches with fresh randomness.
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", max_examples=500, deadline=None)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -57,6 +57,7 @@ def test_save_load_gives_identical_actions(demos, tmp_path):
         "config.json",
         "model.safetensors",
         "normalizer.safetensors",
+        "manifest.json",
     }
     loaded = load_policy(tmp_path)
     obs = torch.as_tensor(demos["obs"][:5]).float()[:, None].repeat(1, 2, 1)

@@ -9,9 +9,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.core import Selector, Uniform
 from ddn_policy.evaluation.bench_compare import compare
+from ddn_policy.evaluation.bench_ddp import data_parallel
 from ddn_policy.evaluation.bench_policy import ddn_latency, method_latency
 from ddn_policy.evaluation.bench_sampling import sampling_ablation
 from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
@@ -65,6 +66,7 @@ SUITES = {
     "runner": runner_overhead,
     "ddn_latency": ddn_latency,
     "sampling": sampling_ablation,
+    "ddp": data_parallel,
 }
 # suites that compare methods: results.json (flat rows), results.md and plots under
 # suite.results_dir
@@ -73,6 +75,7 @@ COMPARISONS = {"multimodal": compare, "metaworld": compare, "latency": method_la
 
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    refuse_targets(cfg)
     name = cfg.suite.name
     if name not in SUITES and name not in COMPARISONS:
         known = ", ".join([*SUITES, *COMPARISONS])

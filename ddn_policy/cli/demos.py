@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.data.replay_buffer import ReplayBufferWriter
 from tasks import get_task
 from tasks.demos import collect_demos
@@ -32,6 +32,7 @@ def run(cfg: DictConfig):
 
 @hydra.main(config_path=CONFIG_DIR, config_name="demos", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    refuse_targets(cfg)
     run(cfg)
 
 

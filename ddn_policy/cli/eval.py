@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.evaluation.runner import run as run_episodes
 from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy
@@ -40,6 +40,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    refuse_targets(cfg)
     run(cfg)
 
 

@@ -10,7 +10,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.toy2d.densities import DENSITIES, Density
 from ddn_policy.toy2d.experiment import (
     FREE_POINT_METHODS,
@@ -77,6 +77,7 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="toy2d", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    refuse_targets(cfg)
     run(cfg)
 
 

@@ -1,5 +1,9 @@
 """`ddn-train task=<task> policy=ddn out_dir=DIR`: demonstrations (generated once and
-cached), training with the shared Trainer, and a final evaluation of the EMA policy."""
+cached), training with the shared Trainer, and a final evaluation of the EMA policy.
+
+The same command under `torchrun --nproc_per_node=N -m ddn_policy.cli.train ...` trains
+data-parallel: rank 0 generates the demonstrations, writes checkpoints, logs and
+evaluates; `batch_size` is per process."""
 
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ddn_policy.cli import CONFIG_DIR
+from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.data import MinMaxNormalizer, ReplayBuffer, ReplayBufferWriter, SequenceDataset
 from ddn_policy.data.dataset import split_episodes
 from ddn_policy.evaluation.plots import hypotheses_picture
 from ddn_policy.evaluation.runner import run as run_episodes
 from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy, make_policy
+from ddn_policy.training.distributed import World, close_world, init_world, rank_device
 from ddn_policy.training.trainer import TrainConfig, Trainer
+from ddn_policy.utils.io import atomic_write_text
 from tasks import TaskSpec, get_task
 from tasks.demos import collect_demos
 
@@ -32,12 +38,17 @@ def task_from_config(node) -> TaskSpec:
     return replace(spec, **{k: node[k] for k in HORIZON_KEYS if k in node})
 
 
-def demos_path(cfg: DictConfig, spec: TaskSpec) -> Path:
+def demos_path(cfg: DictConfig, spec: TaskSpec, world: World | None = None) -> Path:
     if cfg.demos.path:
         return Path(cfg.demos.path)
     noise = "" if cfg.demos.noise is None else f"-noise{cfg.demos.noise}"
     safe = spec.name.replace("/", "_")
     path = Path("data") / f"{safe}-demos{cfg.demos.episodes}-seed{cfg.demos.seed}{noise}.zarr"
+    if world is not None and world.distributed:  # rank 0 writes, the others wait for it
+        if world.is_main:
+            demos_path(cfg, spec)
+        torch.distributed.barrier()
+        return path
     if not path.exists():  # generated once, then reused by every method and seed
         tmp = path.with_name(f".{path.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -69,9 +80,17 @@ def evaluate_and_report(policy_dir: Path, spec: TaskSpec, cfg: DictConfig, out: 
 
 
 def run(cfg: DictConfig) -> dict:
-    torch.manual_seed(cfg.seed)
+    world = init_world(cfg.device)
+    try:
+        return train(cfg, world)
+    finally:
+        close_world(world)
+
+
+def train(cfg: DictConfig, world: World) -> dict:
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     spec = task_from_config(cfg.task)
-    buffer = ReplayBuffer(demos_path(cfg, spec), required_keys=("obs", "action"))
+    buffer = ReplayBuffer(demos_path(cfg, spec, world), required_keys=("obs", "action"))
     train_eps, val_eps = split_episodes(buffer.num_episodes, cfg.val_fraction, cfg.seed)
     rows = [range(*buffer.episode_bounds(e)) for e in train_eps]
     index = [i for r in rows for i in r]
@@ -87,34 +106,37 @@ def run(cfg: DictConfig) -> dict:
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        device=cfg.device,
+        device=rank_device(cfg.device, world),
     )
     out = Path(cfg.out_dir)
-    trainer = Trainer(policy, dataset, train_cfg, out)
-    if trainer.resume():
+    trainer = Trainer(policy, dataset, train_cfg, out, world)
+    if trainer.resume() and world.is_main:
         print(f"resumed from step {trainer.step}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(
-        json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2)
-    )
+    if world.is_main:
+        config = OmegaConf.to_container(cfg, resolve=True) | {"world_size": world.size}
+        atomic_write_text(out / "train_config.json", json.dumps(config, indent=2))
     n_params = sum(p.numel() for p in policy.parameters())
+    print(f"[rank {world.rank}/{world.size}] " if world.distributed else "", end="")
     print(
         f"{spec.name}: {buffer.num_episodes} demos ({len(train_eps)} train, {len(val_eps)} "
         f"val), {len(dataset)} windows, {n_params} parameters",
         flush=True,
     )
     evaluate = None
-    if cfg.eval.episodes:
+    if cfg.eval.episodes and world.is_main:
 
         def evaluate(policy_dir, step):
             return evaluate_and_report(policy_dir, spec, cfg, out / "eval")
 
     summary = trainer.fit(evaluate)
+    if world.is_main:
+        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2))
     return summary
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    refuse_targets(cfg)
     run(cfg)
 
 

@@ -152,6 +152,43 @@ class LossFreeBalance:
                 load.zero_()
 
 
+STATISTICS = ("count", "near2", "loss_acc", "recent_count")  # what a training step adds to
+
+
+class StepStatistics:
+    """The balance statistics one training step adds, held aside so the step can be
+    undone (a non-finite loss must not poison them) or summed over data-parallel ranks
+    (so every rank's balancer sees the same global counts and takes the same split)."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = [getattr(m, n) for _, m in ddn_layers(model) for n in STATISTICS]
+        self.before: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def begin(self) -> None:
+        self.before = [b.clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def undo(self) -> None:
+        for b, old in zip(self.buffers, self.before, strict=True):
+            b.copy_(old)
+
+    @torch.no_grad()
+    def sum_over(self, reduce_sum_) -> None:
+        """Replace this rank's increments by their sum over ranks: `reduce_sum_(flat)`
+        sums a flat tensor in place (an all-reduce)."""
+        if not self.buffers:
+            return
+        delta = torch.cat(
+            [(b - old).flatten() for b, old in zip(self.buffers, self.before, strict=True)]
+        )
+        reduce_sum_(delta)
+        offset = 0
+        for b, old in zip(self.buffers, self.before, strict=True):
+            b.copy_(old + delta[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
 BALANCERS = ("split_prune", "loss_free", "none")
 
 

@@ -151,6 +151,11 @@ def checked_scores(score_fn: ScoreFn, candidates: Tensor, ctx: SelectionContext)
         raise ValueError(
             f"a guide must return scores of shape (B, K) = ({ctx.batch}, {ctx.k}), got {got}"
         )
+    if scores.dtype.is_floating_point and torch.isnan(scores).any():
+        raise ValueError(
+            "a guide returned NaN scores; score forbidden candidates -inf, never NaN "
+            f"(layer {ctx.layer_index}, {int(torch.isnan(scores).sum())} NaN of {scores.numel()})"
+        )
     return scores.to(candidates.device, torch.float32)
 
 

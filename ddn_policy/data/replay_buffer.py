@@ -2,23 +2,36 @@
 
     data/<key>          (N, ...) every episode concatenated on axis 0
     meta/episode_ends   (E,) int64, exclusive end of each episode
+    meta/episode_crc32  (E,) int64, CRC-32 of each episode's rows (all keys, sorted)
 
 `meta/episode_ends` is the commit record. An episode is appended by growing every data
 array first and the ends last, so a run killed in between leaves only rows past the
 last end (ignored by readers, cut off by the next writer) or a torn last end (a fill
-value that does not increase; dropped the same way). Nothing is ever half an episode.
+value that does not increase; dropped the same way). Nothing is ever half an episode. The checksums (appended with the data, before the
+commit) turn a flipped byte in a compressed chunk into an error instead of a silently
+wrong demonstration; stores written before they existed are read without them.
 """
 
 from __future__ import annotations
 
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 ENDS = "meta/episode_ends"
+CRC = "meta/episode_crc32"
 CHUNK_ROWS = 4096
+
+
+def episode_crc32(episode: dict[str, np.ndarray]) -> int:
+    crc = 0
+    for key in sorted(episode):
+        crc = zlib.crc32(key.encode(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(episode[key]).tobytes(), crc)
+    return crc
 
 
 class ReplayBufferError(ValueError):
@@ -51,10 +64,22 @@ class ReplayBuffer:
             raise ReplayBufferError(f"no replay buffer at {self.path}")
         try:
             root = zarr.open_group(str(self.path), mode="r")
-        except Exception as err:  # zarr raises several types for a non-group path
-            raise ReplayBufferError(f"{self.path} is not a zarr group: {err}") from err
-        if "meta" not in root or "episode_ends" not in root["meta"]:
-            raise ReplayBufferError(f"{self.path} has no {ENDS}; not a replay buffer")
+            if "meta" not in root or "episode_ends" not in root["meta"]:
+                raise ReplayBufferError(f"{self.path} has no {ENDS}; not a replay buffer")
+            self._read(root, required_keys)
+            if check_nan:  # before the checksums: NaN gets its own, more useful message
+                self._check_finite()
+            if "episode_crc32" in root["meta"]:
+                self._verify(root[CRC][:])
+        except ReplayBufferError:
+            raise
+        except Exception as err:  # zarr, numcodecs and JSON raise many types on damage
+            raise ReplayBufferError(
+                f"{self.path} is not a readable replay buffer ({type(err).__name__}: {err}); "
+                "if it is one, it is damaged: regenerate it (delete it and rerun ddn-demos)"
+            ) from err
+
+    def _read(self, root, required_keys) -> None:
         self.episode_ends = _committed_ends(root[ENDS][:], self.path)
         data = root["data"] if "data" in root else {}
         self.keys = sorted(data.keys()) if data else []
@@ -73,8 +98,20 @@ class ReplayBuffer:
                     f"{n} ({self.num_episodes} episodes)"
                 )
             self._data[key] = arr[:n]
-        if check_nan:
-            self._check_finite()
+
+    def _verify(self, crcs: np.ndarray) -> None:
+        # a torn append leaves at most one checksum past the committed episodes
+        if not self.num_episodes <= crcs.shape[0] <= self.num_episodes + 1:
+            raise ReplayBufferError(
+                f"{self.path}: {CRC} has {crcs.shape[0]} entries for {self.num_episodes} "
+                "episodes; the store is damaged: regenerate it"
+            )
+        for i in range(self.num_episodes):
+            if episode_crc32(self.episode(i)) != int(crcs[i]):
+                raise ReplayBufferError(
+                    f"{self.path}: episode {i} fails its CRC-32 check (its rows changed after "
+                    "they were written); regenerate the store (delete it and rerun ddn-demos)"
+                )
 
     def _check_finite(self) -> None:
         for key, values in self._data.items():
@@ -131,11 +168,15 @@ class ReplayBufferWriter:
             ReplayBuffer(self.path, check_nan=False)  # refuse a store that is not ours
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=2)
         if ENDS not in self.root:
-            self.root.create_array(ENDS, shape=(0,), chunks=(CHUNK_ROWS,), dtype="i8", fill_value=0)
+            for name in (ENDS, CRC):  # a new store carries checksums from the start
+                self.root.create_array(name, shape=(0,), chunks=(CHUNK_ROWS,), dtype="i8")
         self.ends = self.root[ENDS]
+        self.crcs = self.root[CRC] if CRC in self.root else None
         committed = _committed_ends(self.ends[:], self.path)
         if committed.size != self.ends.shape[0]:
             self.ends.resize((committed.size,))
+        if self.crcs is not None and self.crcs.shape[0] > committed.size:
+            self.crcs.resize((committed.size,))
         n = int(committed[-1]) if committed.size else 0
         for arr in self._data_arrays().values():
             if arr.shape[0] > n:  # rows of an episode that never committed
@@ -190,4 +231,6 @@ class ReplayBufferWriter:
                     dtype=values.dtype,
                 )
             arrays[key].append(values)
+        if self.crcs is not None:
+            self.crcs.append(np.array([episode_crc32(episode)], dtype=np.int64))
         self.ends.append(np.array([end], dtype=np.int64))  # the commit

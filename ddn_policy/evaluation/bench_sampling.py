@@ -15,12 +15,17 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from ddn_policy.core import Prior, Uniform, make_balancer
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
-from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text, settings_key
+from ddn_policy.utils.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    read_safetensors,
+    settings_key,
+)
 
 SAMPLERS = {"uniform": Uniform, "prior": Prior}
 
@@ -97,7 +102,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
     )
     path = cache / f"{name}.safetensors"
     if path.exists():
-        net.load_state_dict(load_file(str(path)))
+        net.load_state_dict(read_safetensors(path))
         return net.eval()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

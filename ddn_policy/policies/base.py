@@ -16,11 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from ddn_policy.data.normalizer import MinMaxNormalizer
-from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text
+from ddn_policy.utils.io import (
+    MANIFEST,
+    UnsafeFileError,
+    atomic_write_bytes,
+    atomic_write_text,
+    directory_digests,
+    read_json,
+    read_safetensors,
+    verify_digests,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -159,7 +168,8 @@ class ChunkPolicy(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        """config.json, model.safetensors, normalizer.safetensors; no pickle."""
+        """config.json, model.safetensors, normalizer.safetensors and a manifest of
+        their sha256 (written last); no pickle."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         config = {"name": self.name, **asdict(self.config)}
@@ -167,23 +177,38 @@ class ChunkPolicy(nn.Module):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         atomic_write_bytes(d / WEIGHTS_FILE, save(tensors))
         atomic_write_bytes(d / NORMALIZER_FILE, save(self.normalizer.state_dict()))
+        files = (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE)
+        digests = {f: v for f, v in directory_digests(d).items() if f in files}
+        atomic_write_text(d / MANIFEST, json.dumps(digests, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path):
+        """Safetensors and JSON only; a directory with a manifest must match it."""
         d = Path(directory)
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE) if not (d / f).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{d} is not a saved {cls.__name__}: missing {', '.join(missing)}"
             )
-        raw = json.loads((d / CONFIG_FILE).read_text())
+        if (d / MANIFEST).is_file():
+            verify_digests(d, read_json(d / MANIFEST), what=str(d / MANIFEST))
+        raw = read_json(d / CONFIG_FILE)
         name = raw.pop("name", None)
         if name != cls.name:
             raise ValueError(
                 f"{d / CONFIG_FILE} describes policy {name!r}, not {cls.name!r}; "
                 "load it with ddn_policy.policies.factory.load_policy"
             )
-        normalizer = MinMaxNormalizer.from_state_dict(load_file(str(d / NORMALIZER_FILE)))
-        policy = cls(cls.config_class(**raw), normalizer)
-        policy.model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        normalizer = MinMaxNormalizer.from_state_dict(read_safetensors(d / NORMALIZER_FILE))
+        try:
+            policy = cls(cls.config_class(**raw), normalizer)
+        except TypeError as err:  # an unknown or missing field
+            raise UnsafeFileError(f"{d / CONFIG_FILE} does not fit {cls.__name__}: {err}") from err
+        try:
+            policy.model.load_state_dict(read_safetensors(d / WEIGHTS_FILE))
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            raise UnsafeFileError(
+                f"{d / WEIGHTS_FILE} does not match the model its config.json describes: "
+                f"{str(err).splitlines()[0]} ..."
+            ) from err
         return policy.eval()

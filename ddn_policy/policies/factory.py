@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from ddn_policy.data.normalizer import MinMaxNormalizer
+from ddn_policy.utils.io import read_json
 from tasks import TaskSpec
 
 # name -> "module:Class"; imported on use so the baselines' dependencies (diffusers)
@@ -39,7 +39,7 @@ def load_policy(directory: str | Path):
     config = d / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{d} holds no config.json; pass a checkpoint directory")
-    name = json.loads(config.read_text()).get("name")
+    name = read_json(config).get("name")
     if name not in POLICIES:
         raise ValueError(f"{config} names an unknown policy type {name!r}")
     return policy_class(name).from_pretrained(d)
