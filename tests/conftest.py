@@ -15,8 +15,12 @@ settings.register_profile(
 settings.register_profile("explore", max_examples=500, deadline=None)
 settings.load_profile("ci")
 
+# 2 threads (the CI machine's cores) unless OMP_NUM_THREADS asks for fewer: tests run
+# beside a background benchmark must not oversubscribe the cores
+_THREADS = min(2, torch.get_num_threads())
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(_THREADS)

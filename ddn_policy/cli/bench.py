@@ -13,6 +13,7 @@ from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.core import Selector, Uniform
 from ddn_policy.evaluation.bench_compare import compare
 from ddn_policy.evaluation.bench_ddp import data_parallel
+from ddn_policy.evaluation.bench_images import images_suite
 from ddn_policy.evaluation.bench_policy import ddn_latency, method_latency
 from ddn_policy.evaluation.bench_sampling import sampling_ablation
 from ddn_policy.evaluation.bench_tasks import experts, runner_overhead
@@ -70,7 +71,12 @@ SUITES = {
 }
 # suites that compare methods: results.json (flat rows), results.md and plots under
 # suite.results_dir
-COMPARISONS = {"multimodal": compare, "metaworld": compare, "latency": method_latency}
+COMPARISONS = {
+    "multimodal": (compare, comparison_plots),
+    "metaworld": (compare, comparison_plots),
+    "latency": (method_latency, comparison_plots),
+    "images": (images_suite, None),  # its picture sheets are written while it runs
+}
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="bench", version_base="1.3")
@@ -84,10 +90,12 @@ def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     command = " ".join(["ddn-bench", *HydraConfig.get().overrides.task])
     if name in COMPARISONS:
-        rows, table = COMPARISONS[name](cfg)
+        measure, plots = COMPARISONS[name]
+        rows, table = measure(cfg)
         results_dir = Path(hydra.utils.to_absolute_path(cfg.suite.results_dir))
         write_results(results_dir, rows, table, command)
-        comparison_plots(results_dir, rows)
+        if plots is not None:
+            plots(results_dir, rows)
         print(f"wrote {results_dir}/results.json, results.md and plots")
         return
     payload, table = SUITES[name](cfg)

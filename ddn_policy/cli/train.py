@@ -1,5 +1,6 @@
 """`ddn-train task=<task> policy=ddn out_dir=DIR`: demonstrations (generated once and
 cached), training with the shared Trainer, and a final evaluation of the EMA policy.
+`ddn-train experiment=<name>` trains an image DDN instead (configs/experiment/).
 
 The same command under `torchrun --nproc_per_node=N -m ddn_policy.cli.train ...` trains
 data-parallel: rank 0 generates the demonstrations, writes checkpoints, logs and
@@ -82,6 +83,10 @@ def evaluate_and_report(policy_dir: Path, spec: TaskSpec, cfg: DictConfig, out: 
 def run(cfg: DictConfig) -> dict:
     world = init_world(cfg.device)
     try:
+        if cfg.get("experiment") is not None:  # an image DDN (configs/experiment/)
+            from ddn_policy.images.train import train_images
+
+            return train_images(cfg, world)
         return train(cfg, world)
     finally:
         close_world(world)

@@ -9,31 +9,22 @@ and `task`; `model` carries obs_dim, action_dim, obs_horizon, pred_horizon), bui
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save
 from torch import Tensor, nn
 
 from ddn_policy.data.normalizer import MinMaxNormalizer
 from ddn_policy.utils.io import (
-    MANIFEST,
+    CONFIG_FILE,
     UnsafeFileError,
-    atomic_write_bytes,
-    atomic_write_text,
-    directory_digests,
-    read_json,
-    read_safetensors,
-    verify_digests,
+    load_weights,
+    read_model_dir,
+    write_model_dir,
 )
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-NORMALIZER_FILE = "normalizer.safetensors"
 
 
 def check_action_horizon(action_horizon: int, model_cfg) -> None:
@@ -170,45 +161,27 @@ class ChunkPolicy(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json, model.safetensors, normalizer.safetensors and a manifest of
         their sha256 (written last); no pickle."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        config = {"name": self.name, **asdict(self.config)}
-        atomic_write_text(d / CONFIG_FILE, json.dumps(config, indent=2))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        atomic_write_bytes(d / WEIGHTS_FILE, save(tensors))
-        atomic_write_bytes(d / NORMALIZER_FILE, save(self.normalizer.state_dict()))
-        files = (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE)
-        digests = {f: v for f, v in directory_digests(d).items() if f in files}
-        atomic_write_text(d / MANIFEST, json.dumps(digests, indent=2))
+        write_model_dir(
+            directory,
+            {"name": self.name, **asdict(self.config)},
+            {"model": self.model.state_dict(), "normalizer": self.normalizer.state_dict()},
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path):
         """Safetensors and JSON only; a directory with a manifest must match it."""
         d = Path(directory)
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE) if not (d / f).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{d} is not a saved {cls.__name__}: missing {', '.join(missing)}"
-            )
-        if (d / MANIFEST).is_file():
-            verify_digests(d, read_json(d / MANIFEST), what=str(d / MANIFEST))
-        raw = read_json(d / CONFIG_FILE)
+        raw, tensors = read_model_dir(d, ("model", "normalizer"), cls.__name__)
         name = raw.pop("name", None)
         if name != cls.name:
             raise ValueError(
                 f"{d / CONFIG_FILE} describes policy {name!r}, not {cls.name!r}; "
                 "load it with ddn_policy.policies.factory.load_policy"
             )
-        normalizer = MinMaxNormalizer.from_state_dict(read_safetensors(d / NORMALIZER_FILE))
+        normalizer = MinMaxNormalizer.from_state_dict(tensors["normalizer"])
         try:
             policy = cls(cls.config_class(**raw), normalizer)
         except TypeError as err:  # an unknown or missing field
             raise UnsafeFileError(f"{d / CONFIG_FILE} does not fit {cls.__name__}: {err}") from err
-        try:
-            policy.model.load_state_dict(read_safetensors(d / WEIGHTS_FILE))
-        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-            raise UnsafeFileError(
-                f"{d / WEIGHTS_FILE} does not match the model its config.json describes: "
-                f"{str(err).splitlines()[0]} ..."
-            ) from err
+        load_weights(policy.model, tensors["model"], d / "model.safetensors")
         return policy.eval()

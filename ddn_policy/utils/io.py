@@ -114,3 +114,48 @@ def verify_digests(root: str | Path, expected: dict[str, str], what: str = "mani
                 f"{path} changed after it was written (sha256 differs from the {what}); "
                 "refusing to load it: use an untouched copy or an earlier checkpoint"
             )
+
+
+# ---------------------------------------------------------------------- model directories
+CONFIG_FILE = "config.json"
+
+
+def write_model_dir(directory: str | Path, config: dict, tensor_files: dict[str, dict]) -> None:
+    """config.json, one `<name>.safetensors` per entry of tensor_files, then a manifest
+    of their sha256 (written last, so a directory with a manifest is complete)."""
+    from safetensors.torch import save
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(d / CONFIG_FILE, json.dumps(config, indent=2))
+    names = [CONFIG_FILE]
+    for name, tensors in tensor_files.items():
+        names.append(f"{name}.safetensors")
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(d / names[-1], save(flat))
+    digests = {f: v for f, v in directory_digests(d).items() if f in names}
+    atomic_write_text(d / MANIFEST, json.dumps(digests, indent=2))
+
+
+def read_model_dir(directory: str | Path, names: tuple[str, ...], what: str) -> tuple[dict, dict]:
+    """(config, {name: tensors}) of a directory written by write_model_dir, checked
+    against its manifest when it has one (a hand-assembled directory has none)."""
+    d = Path(directory)
+    files = [CONFIG_FILE, *(f"{n}.safetensors" for n in names)]
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{d} is not a saved {what}: missing {', '.join(missing)}")
+    if (d / MANIFEST).is_file():
+        verify_digests(d, read_json(d / MANIFEST), what=str(d / MANIFEST))
+    return read_json(d / CONFIG_FILE), {n: read_safetensors(d / f"{n}.safetensors") for n in names}
+
+
+def load_weights(module, tensors: dict, source: str | Path) -> None:
+    """load_state_dict with an error that names the file instead of torch's dump."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+        raise UnsafeFileError(
+            f"{source} does not match the model its config.json describes: "
+            f"{str(err).splitlines()[0]} ..."
+        ) from err

@@ -1,0 +1,118 @@
+"""`ddn-bench suite=images`: image DDNs and the diffusers baseline trained on the same
+digits (each by a cached `ddn-train experiment=...` subprocess, resumable), then sample
+quality, reconstruction, dead nodes, zero-shot conditional generation and conditional
+models, as flat rows in results.json plus picture sheets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.images.train import grid, save_png
+from ddn_policy.utils.io import atomic_write_text, settings_key
+
+
+def train(name: str, s: DictConfig) -> Path:
+    settings = {"experiment": name, "steps": s.steps, "batch_size": s.batch_size, "seed": s.seed}
+    run_dir = Path(s.cache_dir) / f"{name}-s{s.seed}-{settings_key(settings)}"
+    if not (run_dir / "train_summary.json").is_file():
+        command = [sys.executable, "-m", "ddn_policy.cli.train", f"experiment={name}"]
+        command += [f"{k}={v}" for k, v in settings.items() if k != "experiment"]
+        command.append(f"out_dir={run_dir}")
+        print(" ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(s.threads)})
+    return run_dir
+
+
+def cached(path: Path, compute):
+    """compute() once; its rows (and nothing else) kept as JSON beside the model."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = compute()
+    atomic_write_text(path, json.dumps(rows, indent=2))
+    return rows
+
+
+def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:
+    """The cached evaluations of one trained model, by what it is."""
+    from ddn_policy.images.evaluate import (
+        conditional,
+        ddn_unconditional,
+        sample_quality,
+        timed,
+        zscg,
+    )
+    from ddn_policy.images.generator import ImageGenerator
+
+    out_dir, seed = Path(s.results_dir), s.seed
+    key = settings_key(OmegaConf.to_container(s.eval, resolve=True))
+    saved = run_dir / "checkpoints" / "last" / "pretrained_model"
+    if json.loads((saved / "config.json").read_text())["name"] == "diffusion_image":
+        from baselines.diffusion_image import DiffusionImageModel
+
+        model, rows = DiffusionImageModel.from_pretrained(saved), []
+        for steps in s.eval.ddim_steps:
+
+            def measure(steps=steps):
+                gen = torch.Generator().manual_seed(seed)
+                samples, seconds = timed(lambda: model.sample(s.eval.samples, steps, gen))
+                save_png(out_dir / f"samples-{name}-ddim{steps}.png", grid(samples[:64], 8))
+                per_image = seconds / len(samples)
+                tag = f"DDIM-{steps}"
+                return sample_quality(name, samples, per_image, data, classifier, sampler=tag)
+
+            rows += cached(run_dir / f"eval-ddim{steps}-{key}.json", measure)
+        return rows
+    generator = ImageGenerator.from_pretrained(saved)
+    if generator.conditional:
+        n = s.eval.per_task
+        return cached(
+            run_dir / f"eval-conditional-{key}.json",
+            lambda: conditional(name, generator, data, judge, n, seed),
+        )
+
+    def unconditional():
+        found, samples = ddn_unconditional(name, generator, data, classifier, s.eval.samples, seed)
+        save_png(out_dir / f"samples-{name}.png", grid(samples[:64], 8))
+        return found
+
+    rows = cached(run_dir / f"eval-unconditional-{key}.json", unconditional)
+    if name in s.zscg_models:
+
+        def guided():
+            found, pictures = zscg(name, generator, data, classifier, judge, s.eval.per_task, seed)
+            for task, sheets in pictures.items():
+                sheet = grid(torch.cat([x[:8] for x in sheets]), 8)
+                save_png(out_dir / f"zscg-{name}-{task}.png", sheet)
+            return found
+
+        rows += cached(run_dir / f"eval-zscg-{key}.json", guided)
+    return rows
+
+
+def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
+    from ddn_policy.images.classifier import cached_classifier
+    from ddn_policy.images.metrics import nearest_distance
+    from tasks.images import load_digits
+
+    s = cfg.suite
+    data = (load_digits(s.dataset, "train"), load_digits(s.dataset, "test"))
+    classifier = cached_classifier(s.cache_dir, s.dataset, s.seed, s.classifier_epochs)
+    judge = cached_classifier(s.cache_dir, s.dataset, s.seed + 1, s.classifier_epochs)
+    own = nearest_distance(data[1].images, data[0].images)  # what memorising would beat
+    rows = [{"model": "test set", "metric": "nearest_train_l2", "value": float(own.mean())}]
+    for name in s.experiments:
+        run_dir = train(name, s)
+        rows += [
+            r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
+        ]
+    columns = ["model", "task", "samples", "sampler", "metric", "value"]
+    shown = [r for r in rows if r["metric"] != "dead_node_fraction"]
+    return rows, markdown_table(shown, columns)

@@ -1,0 +1,1 @@
+"""DDN on images: the generator, its guides (zero-shot conditional generation), metrics."""

@@ -1,0 +1,168 @@
+"""What `ddn-bench suite=images` measures on a trained image model. Every function
+returns flat rows {"model", "metric", "value", ...settings}; feature-space figures use
+the local digit classifier (`classifier-FD`, not Inception FID). Class figures of
+guided samples are judged by a second classifier (another seed) than the one that
+guided them, so steering toward one network's quirks does not count as success."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ddn_policy.core import RankSum
+from ddn_policy.images.generator import bits_per_image
+from ddn_policy.images.guides import (
+    MASKS,
+    ClassGuide,
+    Inpainting,
+    SuperResolution,
+    inpainting_mask,
+)
+from ddn_policy.images.metrics import features, frechet_distance, nearest_distance, precision_recall
+from ddn_policy.images.train import dead_fractions, psnr
+
+
+def sample_quality(
+    name: str, samples: torch.Tensor, seconds_per_image: float, data, classifier, **tags
+) -> list[dict]:
+    """classifier-FD and precision/recall against the test set, the nearest-training-
+    image distance (memorisation; `test_nearest_train_l2` is the real data's own
+    figure), class balance, and sampling time."""
+    train, test = data
+    real = features(classifier, test.images)
+    fake = features(classifier, samples)
+    precision, recall = precision_recall(real, fake[: len(real)])
+    classes = classifier(samples).argmax(1) if len(samples) else torch.zeros(0)
+    share = torch.bincount(classes, minlength=10).float() / max(len(samples), 1)
+    out = {
+        "classifier_fd": frechet_distance(fake, real),
+        "precision": precision,
+        "recall": recall,
+        "nearest_train_l2": float(nearest_distance(samples, train.images).mean()),
+        "largest_class_share": float(share.max()),
+        "ms_per_image": 1e3 * seconds_per_image,
+    }
+    return [{"model": name, "metric": k, "value": v, **tags} for k, v in out.items()]
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def ddn_unconditional(
+    name, generator, data, classifier, n: int, seed: int
+) -> tuple[list[dict], torch.Tensor]:
+    train, test = data
+    gen = torch.Generator().manual_seed(seed)
+    samples, seconds = timed(lambda: generator.sample(n, generator=gen))
+    out = sample_quality(name, samples, seconds / n, data, classifier, sampler="one pass")
+    recon = torch.cat(
+        [generator.reconstruct(test.images[i : i + 250]) for i in range(0, len(test), 250)]
+    )
+    dead = dead_fractions(generator, train.images)
+    out += [
+        {"model": name, "metric": "test_psnr_db", "value": float(psnr(recon, test.images).mean())},
+        {"model": name, "metric": "max_dead_node_fraction", "value": max(dead)},
+        {"model": name, "metric": "bits_per_image", "value": bits_per_image(generator.model)},
+    ]
+    out += [
+        {"model": name, "metric": "dead_node_fraction", "value": d, "layer": i}
+        for i, d in enumerate(dead)
+    ]
+    return out, samples
+
+
+@torch.no_grad()
+def zscg(
+    name, generator, data, classifier, judge, per_task: int, seed: int
+) -> tuple[list[dict], dict]:
+    """Zero-shot conditional generation with the unconditional model: super-resolution
+    from 8x8, inpainting with three masks, class guidance, and class + inpainting by
+    ranks; each against random samples of the same model."""
+    _, test = data
+    gen = torch.Generator().manual_seed(seed)
+    targets, labels = test.images[:per_task], test.labels[:per_task]
+    free = generator.sample(per_task, generator=gen)
+    out, pictures = [], {}
+
+    def row(task, metric, value, **tags):
+        out.append({"model": name, "task": task, "metric": metric, "value": float(value), **tags})
+
+    low = F.adaptive_avg_pool2d(targets, 8)
+    sr = generator.sample(per_task, guide=SuperResolution(low))
+    for which, x in (("guided", sr), ("random", free)):
+        row(
+            "super-resolution",
+            "lowres_mse",
+            (F.adaptive_avg_pool2d(x, 8) - low).square().mean(),
+            samples=which,
+        )
+    row("super-resolution", "psnr_db", psnr(sr, targets).mean(), samples="guided")
+    pictures["super-resolution"] = (targets, F.interpolate(low, size=32), sr)
+    for kind in MASKS:
+        mask = inpainting_mask(kind)
+        filled = generator.sample(per_task, guide=Inpainting(targets, mask))
+        for which, x in (("guided", filled), ("random", free)):
+            err = ((x - targets).square() * mask).flatten(1).sum(1) / mask.sum()
+            row(f"inpainting-{kind}", "known_pixel_mse", err.mean(), samples=which)
+        row(
+            f"inpainting-{kind}",
+            "class_agreement",
+            (judge(filled).argmax(1) == labels).float().mean(),
+            samples="guided",
+        )
+        pictures[f"inpainting-{kind}"] = (targets, targets * mask - (1 - mask), filled)
+    wanted = torch.arange(per_task) % 10
+    guided = generator.sample(per_task, guide=ClassGuide(classifier, wanted))
+    row(
+        "class-guided",
+        "requested_class_share",
+        (judge(guided).argmax(1) == wanted).float().mean(),
+        samples="guided",
+    )
+    row(
+        "class-guided",
+        "requested_class_share",
+        (judge(free).argmax(1) == wanted).float().mean(),
+        samples="random",
+    )
+    pictures["class-guided"] = (guided,)
+    mask = inpainting_mask("half")
+    both = RankSum([(ClassGuide(classifier, wanted), 1.0), (Inpainting(targets, mask), 1.0)])
+    combined = generator.sample(per_task, guide=both)
+    row(
+        "class+inpainting-half",
+        "requested_class_share",
+        (judge(combined).argmax(1) == wanted).float().mean(),
+        samples="guided",
+    )
+    err = ((combined - targets).square() * mask).flatten(1).sum(1) / mask.sum()
+    row("class+inpainting-half", "known_pixel_mse", err.mean(), samples="guided")
+    pictures["class+inpainting-half"] = (targets * mask - (1 - mask), combined)
+    return out, pictures
+
+
+@torch.no_grad()
+def conditional(name, generator, data, judge, per_task: int, seed: int) -> list[dict]:
+    """A conditional model against its own condition: samples agree with the condition
+    of held-out digits and keep their class."""
+    _, test = data
+    targets, labels = test.images[:per_task], test.labels[:per_task]
+    cond = generator.condition(targets)
+    gen = torch.Generator().manual_seed(seed)
+    samples = generator.sample(1, cond, generator=gen)[:, 0]
+    agreement = (generator.condition(samples) - cond).square().flatten(1).mean(1)
+    return [
+        {"model": name, "metric": "condition_mse", "value": float(agreement.mean())},
+        {"model": name, "metric": "psnr_db", "value": float(psnr(samples, targets).mean())},
+        {
+            "model": name,
+            "metric": "class_agreement",
+            "value": float((judge(samples).argmax(1) == labels).float().mean()),
+        },
+    ]

@@ -1,0 +1,42 @@
+"""The images suite end to end on 3-step trainings (slow: five subprocess trainings and
+two classifiers; run with -m slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_images_suite_writes_rows_and_pictures_and_resumes_from_its_cache(tmp_path):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    command = [
+        sys.executable,
+        "-m",
+        "ddn_policy.cli.bench",
+        "suite=images",
+        f"suite.cache_dir={cache}",
+        f"suite.results_dir={results}",
+        "suite.experiments=[digits-tiny,digits-diffusion,digits-lowres]",
+        "suite.zscg_models=[digits-tiny]",
+        "suite.steps=2",
+        "suite.classifier_epochs=1",
+        "suite.eval.samples=30",
+        "suite.eval.per_task=20",
+        "suite.eval.ddim_steps=[2]",
+        f"out_dir={tmp_path}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, env=env, capture_output=True)
+    rows = json.loads((results / "results.json").read_text())
+    metrics = {(r["model"], r.get("task"), r["metric"]) for r in rows}
+    assert ("digits-tiny", None, "classifier_fd") in metrics
+    assert ("digits-tiny", "class-guided", "requested_class_share") in metrics
+    assert ("digits-diffusion", None, "ms_per_image") in metrics
+    assert ("digits-lowres", None, "condition_mse") in metrics
+    assert (results / "zscg-digits-tiny-super-resolution.png").is_file()
+    again = subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+    assert "ddn_policy.cli.train" not in again.stdout  # every training came from the cache
+    assert json.loads((results / "results.json").read_text()) == rows
