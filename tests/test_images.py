@@ -160,3 +160,18 @@ def test_metrics_tell_equal_sets_from_different_ones():
     x = torch.rand(5, 1, 32, 32)
     assert torch.all(nearest_distance(x, torch.cat([x, -x])) == 0)
     assert torch.isinf(psnr(x, x)).logical_not().all() and psnr(x, x).min() > 90
+
+
+def test_latent_tree_puts_a_nodes_children_around_it():
+    from ddn_policy.images.pictures import latent_tree, layer_outputs, progress_strips
+
+    gen = generator()
+    tree = latent_tree(gen.model, depth=1)
+    assert tree.shape == (1, 1, 96, 96)
+    assert (tree[..., 32:64, 32:64] == -1).all()  # the root has no image of its own
+    first = layer_outputs(gen.model, torch.tensor([[4, 0, 0, 0, 0, 0]]))[0]
+    torch.testing.assert_close(tree[..., 64:96, 64:96], first)  # child 4: bottom right (clockwise from top left)
+    strips = progress_strips(gen.model, torch.zeros(2, 6, dtype=torch.long))
+    assert strips.shape == (12, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"K >= 8, got K=\[2, 2, 2\]"):
+        latent_tree(image_ddn(ImageDDNConfig(**{**SMALL, "k": 2})))

@@ -50,6 +50,7 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
         zscg,
     )
     from ddn_policy.images.generator import ImageGenerator
+    from ddn_policy.images.pictures import latent_tree, progress_strips
 
     out_dir, seed = Path(s.results_dir), s.seed
     key = settings_key(OmegaConf.to_container(s.eval, resolve=True))
@@ -81,6 +82,11 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
     def unconditional():
         found, samples = ddn_unconditional(name, generator, data, classifier, s.eval.samples, seed)
         save_png(out_dir / f"samples-{name}.png", grid(samples[:64], 8))
+        test = data[1].images[:8]
+        strips = progress_strips(generator.model, generator.encode(test))
+        save_png(out_dir / f"progress-{name}.png", grid(strips, generator.model.num_layers))
+        if min(layer.k for _, layer in list(generator.model.stages())[:3]) >= 8:
+            save_png(out_dir / f"latent-tree-{name}.png", grid(latent_tree(generator.model), 1))
         return found
 
     rows = cached(run_dir / f"eval-unconditional-{key}.json", unconditional)

@@ -209,8 +209,8 @@ IMAGE_PRESETS: dict[str, dict] = {
     "small": {"stages": (1, 2, 3, 3, 3, 3), "widths": (128, 128, 128, 96, 64, 32)},
     # Taiji-DDN: binary choices, a long latent (one bit per layer)
     "taiji": {"k": 2, "stages": (2, 4, 6, 10, 10, 8), "widths": (64, 64, 64, 48, 32, 16)},
-    # the reference's MNIST recurrence: one U-Net and one K=64 DDL, 10 steps
-    "recurrent": {"form": "recurrent", "num_steps": 10, "unet_width": 32},
+    # the reference's MNIST recurrence (one U-Net, one K=64 DDL, 10 steps), U-Net narrowed for CPU
+    "recurrent": {"form": "recurrent", "num_steps": 10, "unet_width": 16},
 }
 
 
