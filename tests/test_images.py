@@ -170,7 +170,7 @@ def test_latent_tree_puts_a_nodes_children_around_it():
     assert tree.shape == (1, 1, 96, 96)
     assert (tree[..., 32:64, 32:64] == -1).all()  # the root has no image of its own
     first = layer_outputs(gen.model, torch.tensor([[4, 0, 0, 0, 0, 0]]))[0]
-    torch.testing.assert_close(tree[..., 64:96, 64:96], first)  # child 4: bottom right (clockwise from top left)
+    torch.testing.assert_close(tree[..., 64:96, 64:96], first)  # child 4: bottom right
     strips = progress_strips(gen.model, torch.zeros(2, 6, dtype=torch.long))
     assert strips.shape == (12, 1, 32, 32)
     with pytest.raises(ValueError, match=r"K >= 8, got K=\[2, 2, 2\]"):
