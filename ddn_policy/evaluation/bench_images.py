@@ -45,6 +45,7 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
     from ddn_policy.images.evaluate import (
         conditional,
         ddn_unconditional,
+        held_out,
         sample_quality,
         timed,
         zscg,
@@ -82,7 +83,7 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
     def unconditional():
         found, samples = ddn_unconditional(name, generator, data, classifier, s.eval.samples, seed)
         save_png(out_dir / f"samples-{name}.png", grid(samples[:64], 8))
-        test = data[1].images[:8]
+        test, _ = held_out(data, 8, seed)
         strips = progress_strips(generator.model, generator.encode(test))
         save_png(out_dir / f"progress-{name}.png", grid(strips, generator.model.num_layers))
         if min(layer.k for _, layer in list(generator.model.stages())[:3]) >= 8:

@@ -47,6 +47,14 @@ def sample_quality(
     return [{"model": name, "metric": k, "value": v, **tags} for k, v in out.items()]
 
 
+def held_out(data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n test images drawn without replacement by a seeded permutation (the test set is
+    ordered by class, so its first images would all be zeros and ones)."""
+    _, test = data
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+    return test.images[idx], test.labels[idx]
+
+
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -84,9 +92,8 @@ def zscg(
     """Zero-shot conditional generation with the unconditional model: super-resolution
     from 8x8, inpainting with three masks, class guidance, and class + inpainting by
     ranks; each against random samples of the same model."""
-    _, test = data
+    targets, labels = held_out(data, per_task, seed)
     gen = torch.Generator().manual_seed(seed)
-    targets, labels = test.images[:per_task], test.labels[:per_task]
     free = generator.sample(per_task, generator=gen)
     out, pictures = [], {}
 
@@ -151,8 +158,7 @@ def zscg(
 def conditional(name, generator, data, judge, per_task: int, seed: int) -> list[dict]:
     """A conditional model against its own condition: samples agree with the condition
     of held-out digits and keep their class."""
-    _, test = data
-    targets, labels = test.images[:per_task], test.labels[:per_task]
+    targets, labels = held_out(data, per_task, seed)
     cond = generator.condition(targets)
     gen = torch.Generator().manual_seed(seed)
     samples = generator.sample(1, cond, generator=gen)[:, 0]

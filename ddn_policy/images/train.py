@@ -81,12 +81,16 @@ def report(generator: ImageGenerator, dataset: str, out: Path, seed: int) -> dic
         [generator.reconstruct(test.images[i : i + 250]) for i in range(0, len(test), 250)]
     )
     gen = torch.Generator().manual_seed(seed)
+    shown = test.images[:: max(1, len(test) // 64)][:64]  # the test set is ordered by class
     if generator.conditional:
-        samples = generator.sample(1, generator.condition(test.images[:64]), generator=gen)[:, 0]
+        samples = generator.sample(1, generator.condition(shown), generator=gen)[:, 0]
     else:
         samples = generator.sample(64, generator=gen)
     save_png(out / "samples.png", grid(samples, 8))
-    save_png(out / "reconstructions.png", grid(torch.cat([test.images[:32], recon[:32]]), 8))
+    save_png(
+        out / "reconstructions.png",
+        grid(torch.cat([shown[:32], recon[:: max(1, len(test) // 64)][:32]]), 8),
+    )
     dead = dead_fractions(generator, train.images)
     result = {
         "test_psnr_db": float(psnr(recon, test.images).mean()),
