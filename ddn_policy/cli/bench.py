@@ -96,7 +96,7 @@ def main(cfg: DictConfig) -> None:
         write_results(results_dir, rows, table, command)
         if plots is not None:
             plots(results_dir, rows)
-        print(f"wrote {results_dir}/results.json, results.md and plots")
+        print(f"wrote {results_dir}/results.json and results.md")
         return
     payload, table = SUITES[name](cfg)
     write_report(Path(cfg.out_dir), name, payload, table, command)

@@ -105,7 +105,7 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
 
 
 def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
-    from ddn_policy.images.classifier import cached_classifier
+    from ddn_policy.images.classifier import accuracy, cached_classifier
     from ddn_policy.images.metrics import nearest_distance
     from tasks.images import load_digits
 
@@ -115,6 +115,9 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     judge = cached_classifier(s.cache_dir, s.dataset, s.seed + 1, s.classifier_epochs)
     own = nearest_distance(data[1].images, data[0].images)  # what memorising would beat
     rows = [{"model": "test set", "metric": "nearest_train_l2", "value": float(own.mean())}]
+    for role, net in (("guide classifier", classifier), ("judge classifier", judge)):
+        value = accuracy(net, data[1].images, data[1].labels)
+        rows.append({"model": role, "metric": "test_accuracy", "value": value})
     for name in s.experiments:
         run_dir = train(name, s)
         rows += [
