@@ -175,3 +175,21 @@ def test_latent_tree_puts_a_nodes_children_around_it():
     assert strips.shape == (12, 1, 32, 32)
     with pytest.raises(ValueError, match=r"K >= 8, got K=\[2, 2, 2\]"):
         latent_tree(image_ddn(ImageDDNConfig(**{**SMALL, "k": 2})))
+
+
+def test_latents_as_bit_strings_round_trip_and_name_bad_lengths(digits):
+    from ddn_policy.core.latent import bits_to_codes, codes_to_bits
+
+    gen = generator()  # six layers of K=8: 18 bits
+    ks = [layer.k for _, layer in gen.model.stages()]
+    codes = gen.encode(digits.images[:4])
+    bits = codes_to_bits(codes, ks)
+    assert all(len(b) == 18 and set(b) <= {"0", "1"} for b in bits)
+    assert torch.equal(bits_to_codes(bits, ks), codes)
+    torch.testing.assert_close(
+        gen.decode(bits_to_codes(bits, ks)), gen.reconstruct(digits.images[:4])
+    )
+    with pytest.raises(ValueError, match="is 18 characters of 0/1 .* got 17"):
+        bits_to_codes(["0" * 17], ks)
+    with pytest.raises(ValueError, match=r"power of 2, got K=\[6\]"):
+        codes_to_bits(torch.zeros(1, 2, dtype=torch.long), [6, 6])

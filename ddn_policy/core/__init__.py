@@ -7,6 +7,7 @@ from ddn_policy.core.balance import (
     make_balancer,
     split_decision,
 )
+from ddn_policy.core.latent import bits_to_codes, codes_to_bits
 from ddn_policy.core.layer import DiscreteDistributionLayer, LayerOutput
 from ddn_policy.core.network import (
     BeamResult,
@@ -50,6 +51,8 @@ __all__ = [
     "Trace",
     "Uniform",
     "WalkResult",
+    "bits_to_codes",
+    "codes_to_bits",
     "make_balancer",
     "prior_log_prob",
     "split_decision",
