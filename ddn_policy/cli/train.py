@@ -80,6 +80,26 @@ def evaluate_and_report(policy_dir: Path, spec: TaskSpec, cfg: DictConfig, out: 
     return agg
 
 
+def start_trainer(cfg: DictConfig, model, dataset, world: World) -> Trainer:
+    """The Trainer from the command's `train`, `steps`, `batch_size`, `seed` and
+    `device`, resumed from out_dir's newest checkpoint if there is one; rank 0 records
+    the resolved command config as train_config.json."""
+    train_cfg = TrainConfig(
+        **OmegaConf.to_container(cfg.train, resolve=True),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=rank_device(cfg.device, world),
+    )
+    trainer = Trainer(model, dataset, train_cfg, Path(cfg.out_dir), world)
+    if trainer.resume() and world.is_main:
+        print(f"resumed from step {trainer.step}", flush=True)
+    if world.is_main:
+        config = OmegaConf.to_container(cfg, resolve=True) | {"world_size": world.size}
+        atomic_write_text(trainer.out_dir / "train_config.json", json.dumps(config, indent=2))
+    return trainer
+
+
 def run(cfg: DictConfig) -> dict:
     world = init_world(cfg.device)
     try:
@@ -106,20 +126,8 @@ def train(cfg: DictConfig, world: World) -> dict:
         buffer, train_eps, spec.obs_horizon, spec.pred_horizon, spec.action_horizon
     )
     policy = make_policy(OmegaConf.to_container(cfg.policy, resolve=True), spec, normalizer)
-    train_cfg = TrainConfig(
-        **OmegaConf.to_container(cfg.train, resolve=True),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        device=rank_device(cfg.device, world),
-    )
-    out = Path(cfg.out_dir)
-    trainer = Trainer(policy, dataset, train_cfg, out, world)
-    if trainer.resume() and world.is_main:
-        print(f"resumed from step {trainer.step}", flush=True)
-    if world.is_main:
-        config = OmegaConf.to_container(cfg, resolve=True) | {"world_size": world.size}
-        atomic_write_text(out / "train_config.json", json.dumps(config, indent=2))
+    trainer = start_trainer(cfg, policy, dataset, world)
+    out = trainer.out_dir
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"[rank {world.rank}/{world.size}] " if world.distributed else "", end="")
     print(

@@ -20,6 +20,7 @@ from safetensors.torch import save
 from ddn_policy.core import Prior, Uniform, make_balancer
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
+from ddn_policy.training.trainer import cosine_with_warmup
 from ddn_policy.utils.io import (
     atomic_write_bytes,
     atomic_write_text,
@@ -91,6 +92,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         "model": model,
         "steps": s.steps,
         "lr": s.lr,
+        "warmup_steps": s.warmup_steps,
         "batch": s.batch_size,
         "balance": s.balance,
         "seed": seed,
@@ -107,6 +109,8 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
+    # the Trainer's schedule: a constant rate left these fits unconverged (see README)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(s.warmup_steps, s.steps))
     balancer = make_balancer(s.balance, net, opt)
     for _ in range(s.steps):
         x, y = conditional_modes(s.batch_size, target["centres"], s.slope, s.noise, gen)
@@ -115,6 +119,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        schedule.step()
         if balancer is not None:
             balancer.step()
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in net.state_dict().items()}))

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ddn_policy.cli.train import start_trainer
 from ddn_policy.images.generator import ImageGenerator, ImageGeneratorConfig, bits_per_image
 from ddn_policy.models.image import image_preset
 from ddn_policy.training.distributed import World
-from ddn_policy.training.trainer import TrainConfig, Trainer
 from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text
 from tasks.images import load_digits
 
@@ -107,20 +107,9 @@ def train_images(cfg: DictConfig, world: World) -> dict:
     exp = cfg.experiment
     data = load_digits(exp.dataset, "train")
     generator = build_generator(exp)
-    train_cfg = TrainConfig(
-        **OmegaConf.to_container(cfg.train, resolve=True),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        device=cfg.device,
-    )
-    out = Path(cfg.out_dir)
-    trainer = Trainer(generator, data, train_cfg, out, world)
-    if trainer.resume() and world.is_main:
-        print(f"resumed from step {trainer.step}", flush=True)
+    trainer = start_trainer(cfg, generator, data, world)
+    out = trainer.out_dir
     if world.is_main:
-        config = OmegaConf.to_container(cfg, resolve=True) | {"world_size": world.size}
-        atomic_write_text(out / "train_config.json", json.dumps(config, indent=2))
         n = sum(p.numel() for p in generator.parameters())
         print(f"{exp.name}: {len(data)} images, {n} parameters", flush=True)
     summary = trainer.fit()
