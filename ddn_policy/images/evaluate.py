@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ddn_policy.core import RankSum
-from ddn_policy.images.generator import bits_per_image
+from ddn_policy.images.generator import bits_per_image, lowres
 from ddn_policy.images.guides import (
     MASKS,
     ClassGuide,
@@ -21,7 +21,7 @@ from ddn_policy.images.guides import (
     inpainting_mask,
 )
 from ddn_policy.images.metrics import features, frechet_distance, nearest_distance, precision_recall
-from ddn_policy.images.train import dead_fractions, psnr
+from ddn_policy.images.train import dead_fractions, psnr, reconstruct_all
 
 
 def sample_quality(
@@ -47,6 +47,11 @@ def sample_quality(
     return [{"model": name, "metric": k, "value": v, **tags} for k, v in out.items()]
 
 
+def known_pixel_mse(x, targets, mask) -> torch.Tensor:
+    """Per image, the squared error over the pixels the mask marks known."""
+    return ((x - targets).square() * mask).flatten(1).sum(1) / mask.sum()
+
+
 def held_out(data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n test images drawn without replacement by a seeded permutation (the test set is
     ordered by class, so its first images would all be zeros and ones)."""
@@ -69,9 +74,7 @@ def ddn_unconditional(
     gen = torch.Generator().manual_seed(seed)
     samples, seconds = timed(lambda: generator.sample(n, generator=gen))
     out = sample_quality(name, samples, seconds / n, data, classifier, sampler="one pass")
-    recon = torch.cat(
-        [generator.reconstruct(test.images[i : i + 250]) for i in range(0, len(test), 250)]
-    )
+    recon = reconstruct_all(generator, test.images)
     dead = dead_fractions(generator, train.images)
     out += [
         {"model": name, "metric": "test_psnr_db", "value": float(psnr(recon, test.images).mean())},
@@ -100,13 +103,13 @@ def zscg(
     def row(task, metric, value, **tags):
         out.append({"model": name, "task": task, "metric": metric, "value": float(value), **tags})
 
-    low = F.adaptive_avg_pool2d(targets, 8)
+    low = lowres(targets)
     sr = generator.sample(per_task, guide=SuperResolution(low))
     for which, x in (("guided", sr), ("random", free)):
         row(
             "super-resolution",
             "lowres_mse",
-            (F.adaptive_avg_pool2d(x, 8) - low).square().mean(),
+            (lowres(x) - low).square().mean(),
             samples=which,
         )
     row("super-resolution", "psnr_db", psnr(sr, targets).mean(), samples="guided")
@@ -115,7 +118,7 @@ def zscg(
         mask = inpainting_mask(kind)
         filled = generator.sample(per_task, guide=Inpainting(targets, mask))
         for which, x in (("guided", filled), ("random", free)):
-            err = ((x - targets).square() * mask).flatten(1).sum(1) / mask.sum()
+            err = known_pixel_mse(x, targets, mask)
             row(f"inpainting-{kind}", "known_pixel_mse", err.mean(), samples=which)
         row(
             f"inpainting-{kind}",
@@ -148,7 +151,7 @@ def zscg(
         (judge(combined).argmax(1) == wanted).float().mean(),
         samples="guided",
     )
-    err = ((combined - targets).square() * mask).flatten(1).sum(1) / mask.sum()
+    err = known_pixel_mse(combined, targets, mask)
     row("class+inpainting-half", "known_pixel_mse", err.mean(), samples="guided")
     pictures["class+inpainting-half"] = (targets * mask - (1 - mask), combined)
     return out, pictures

@@ -74,12 +74,18 @@ def dead_fractions(
 
 
 @torch.no_grad()
+def reconstruct_all(generator: ImageGenerator, images: torch.Tensor, batch: int = 250):
+    """Reconstructions of many images, `batch` at a time."""
+    return torch.cat(
+        [generator.reconstruct(images[i : i + batch]) for i in range(0, len(images), batch)]
+    )
+
+
+@torch.no_grad()
 def report(generator: ImageGenerator, dataset: str, out: Path, seed: int) -> dict:
     generator.eval()
     train, test = load_digits(dataset, "train"), load_digits(dataset, "test")
-    recon = torch.cat(
-        [generator.reconstruct(test.images[i : i + 250]) for i in range(0, len(test), 250)]
-    )
+    recon = reconstruct_all(generator, test.images)
     gen = torch.Generator().manual_seed(seed)
     shown = test.images[:: max(1, len(test) // 64)][:64]  # the test set is ordered by class
     if generator.conditional:
