@@ -2,6 +2,7 @@
 steps, refused files, and data-parallel training under torchrun."""
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -74,6 +75,17 @@ def test_half_then_resume_equals_straight_bit_for_bit(demos, tmp_path, policy):
     assert digests(resumed) == digests(straight)
     if policy == "ddn":
         assert straight.balancer.total_splits > 0  # the statistics that resume must carry
+
+
+def test_balancing_stops_at_balance_until(demos, tmp_path):
+    trainer = make_trainer(demos, tmp_path, balance_until=0.5, log_every=1)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    splits = {r["step"]: r["splits"] for r in records if "splits" in r}
+    assert sum(n for step, n in splits.items() if step <= 15) > 0
+    assert all(n == 0 for step, n in splits.items() if step > 15)
+    with pytest.raises(ValueError, match="balance_until=0"):
+        TrainConfig(balance_until=0)
 
 
 def test_one_process_data_order_is_the_plain_shuffled_loader():

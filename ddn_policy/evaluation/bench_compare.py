@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.evaluation.report import aggregate, markdown_table
 from ddn_policy.policies.factory import POLICIES
 from ddn_policy.utils.io import atomic_write_text, settings_key
 
@@ -183,22 +183,6 @@ def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: 
     return row
 
 
-def aggregate(rows: list[dict], fields: list[str]) -> list[dict]:
-    """Mean and std across seeds per (task, demos, method)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["demos"], r["method"]), []).append(r)
-    out = []
-    for (task, demos, method), rs in groups.items():
-        agg = {"task": task, "demos": demos, "method": method, "seeds": len(rs)}
-        for f in fields:
-            vals = [r[f] for r in rs if f in r]
-            if vals:
-                agg[f] = f"{np.mean(vals):.3g} ± {np.std(vals):.2g}"
-        out.append(agg)
-    return out
-
-
 def compare(cfg: DictConfig) -> tuple[list[dict], str]:
     """All rows of a comparison suite (training and evaluating what is not cached)."""
     s = cfg.suite
@@ -217,5 +201,8 @@ def compare(cfg: DictConfig) -> tuple[list[dict], str]:
                     method = methods[name]
                     rows.append(method_row(s.name, task, demos, seed, name, method, s, cache))
     fields = ["success", "success_top5", "route0", "route1", "switch_rate", "train_s_per_step"]
-    table = markdown_table(aggregate(rows, fields), ["task", "demos", "method", "seeds", *fields])
+    table = markdown_table(
+        aggregate(rows, ["task", "demos", "method"], fields),
+        ["task", "demos", "method", "seeds", *fields],
+    )
     return rows, table

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save
 
 from ddn_policy.core import Prior, Uniform, make_balancer
-from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.evaluation.report import aggregate, markdown_table
 from ddn_policy.models.mlp import MLPDDNConfig, mlp_ddn
 from ddn_policy.training.trainer import cosine_with_warmup
 from ddn_policy.utils.io import (
@@ -32,11 +32,21 @@ SAMPLERS = {"uniform": Uniform, "prior": Prior}
 
 
 def training_variants(cfg: DictConfig) -> list[dict]:
-    """The suite's variants with the dropout loss spelled out ("taken" by default)."""
+    """The suite's variants with the defaults spelled out: the dropout loss on the "taken"
+    node, balancing to the end (balance_until 1.0)."""
     return [
-        {"p": v["p"], "loss": v.get("loss", "taken")}
+        {"p": v["p"], "loss": v.get("loss", "taken"), "balance_until": v.get("balance_until", 1.0)}
         for v in OmegaConf.to_container(cfg.suite.variants)
     ]
+
+
+def variant_suffix(variant: dict) -> str:
+    """Run-name suffix of the non-default settings (defaults stay out of names and keys, so
+    runs cached before an option existed stay valid)."""
+    suffix = "" if variant["loss"] == "taken" else f"-{variant['loss']}"
+    if variant["balance_until"] != 1.0:
+        suffix += f"-until{variant['balance_until']}"
+    return suffix
 
 
 # ---------------------------------------------------------------- synthetic targets
@@ -86,6 +96,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
     # the reference's "taken" is left out of the key, so runs cached before the option
     # existed stay valid
     model = {k: v for k, v in cfg.__dict__.items() if (k, v) != ("chain_dropout_loss", "taken")}
+    torch.manual_seed(seed)  # fits cached before this line existed started unseeded
     net = mlp_ddn(cfg)
     settings = {
         "target": dict(target),
@@ -97,7 +108,9 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         "balance": s.balance,
         "seed": seed,
     }
-    suffix = "" if variant["loss"] == "taken" else f"-{variant['loss']}"
+    if variant["balance_until"] != 1.0:
+        settings["balance_until"] = variant["balance_until"]
+    suffix = variant_suffix(variant)
     name = (
         f"synthetic-{target['name']}-p{variant['p']}{suffix}-init{head_init}-"
         f"{settings_key(settings)}"
@@ -106,13 +119,13 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
     if path.exists():
         net.load_state_dict(read_safetensors(path))
         return net.eval()
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     # the Trainer's schedule: a constant rate left these fits unconverged (see README)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(s.warmup_steps, s.steps))
     balancer = make_balancer(s.balance, net, opt)
-    for _ in range(s.steps):
+    balance_steps = variant["balance_until"] * s.steps
+    for step in range(s.steps):
         x, y = conditional_modes(s.batch_size, target["centres"], s.slope, s.noise, gen)
         loss, _ = net.loss(y, x)
         opt.zero_grad()
@@ -120,7 +133,7 @@ def train_synthetic(target: dict, s: DictConfig, variant: dict, head_init, seed:
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         schedule.step()
-        if balancer is not None:
+        if balancer is not None and step < balance_steps:
             balancer.step()
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in net.state_dict().items()}))
     return net.eval()
@@ -131,16 +144,17 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
     rows = []
     conds = torch.linspace(-0.95, 0.95, s.conditions)[:, None]  # (R, 1)
     grid = [
-        (target, head_init, variant)
-        for target in OmegaConf.to_container(s.targets)
+        (target, head_init, variant, seed)
         for head_init in s.head_init
+        for target in OmegaConf.to_container(s.targets)
         for variant in training_variants(cfg)
+        for seed in s.seeds
     ]
-    for target, head_init, variant in grid:
+    for target, head_init, variant, seed in grid:
         p, dropout_loss = variant["p"], variant["loss"]
-        net = train_synthetic(target, s, variant, head_init, cfg.seed, cache)
+        net = train_synthetic(target, s, variant, head_init, seed, cache)
         for sampling in cfg.suite.sampling:
-            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            gen = torch.Generator().manual_seed(seed + 1)
             with torch.no_grad():
                 y = net.sample(s.samples, conds, SAMPLERS[sampling](), gen)[..., 0]
             stats = mode_statistics(y, conds, target["centres"], s.slope, s.tol_near, s.tol_between)
@@ -149,12 +163,15 @@ def synthetic_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                 "head_init": head_init,
                 "chain_dropout": p,
                 "dropout_loss": dropout_loss,
+                "balance_until": variant["balance_until"],
                 "sampling": sampling,
+                "seed": seed,
                 **stats,
             }
             rows.append(row)
             print(
-                f"{target['name']} head_init={head_init} p={p} {dropout_loss} {sampling}: near "
+                f"{target['name']} head_init={head_init} p={p}{variant_suffix(variant)} "
+                f"seed {seed} {sampling}: near "
                 f"{stats['near']:.3f}, between {stats['between']:.3f}, "
                 f"balance error {stats['balance_error']:.1f} pts",
                 flush=True,
@@ -177,10 +194,12 @@ def train_policy(task: str, demos: int, variant: dict, cfg: DictConfig, cache: P
         f"demos.episodes={demos}",
         "eval.episodes=0",
     ]
-    suffix = ""
-    if dropout_loss != "taken":  # the default stays out of the key (older runs stay valid)
+    # defaults stay out of the overrides and so of the key (older runs stay valid)
+    if dropout_loss != "taken":
         overrides.append(f"policy.model.chain_dropout_loss={dropout_loss}")
-        suffix = f"-{dropout_loss}"
+    if variant["balance_until"] != 1.0:
+        overrides.append(f"train.balance_until={variant['balance_until']}")
+    suffix = variant_suffix(variant)
     name = f"{task.replace('/', '_')}-p{p}{suffix}-{settings_key({'o': overrides})}"
     run_dir = cache / name
     done = run_dir / "checkpoints" / "last" / "pretrained_model"
@@ -219,6 +238,7 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                     "demos": run["demos"],
                     "chain_dropout": p,
                     "dropout_loss": dropout_loss,
+                    "balance_until": variant["balance_until"],
                     "sampling": sampling,
                     "success": agg["pc_success"] / 100,
                 }
@@ -229,7 +249,8 @@ def policy_rows(cfg: DictConfig, cache: Path) -> list[dict]:
                     row["collision_rate"] = agg["collision_rate"]
                 rows.append(row)
                 print(
-                    f"{task} p={p} {dropout_loss} {sampling}: success {row['success']:.2f}",
+                    f"{task} p={p}{variant_suffix(variant)} {sampling}: "
+                    f"success {row['success']:.2f}",
                     flush=True,
                 )
     return rows
@@ -246,19 +267,21 @@ def sampling_ablation(cfg: DictConfig) -> tuple[dict, str]:
         "synthetic": synthetic,
         "policy": policy,
     }
-    synth_cols = [
-        "target",
-        "head_init",
-        "chain_dropout",
-        "sampling",
-        "near",
-        "between",
-        "balance_error",
-    ]
+    synth_keys = ["target", "head_init", "chain_dropout", "dropout_loss", "balance_until"]
+    synth_keys += ["sampling"]
+    synth_table = aggregate(synthetic, synth_keys, ["near", "between", "balance_error"])
+    for row in synth_table:  # a target is met only if every seed meets it: the worst seed
+        seeds = [r for r in synthetic if all(r[k] == row[k] for k in synth_keys)]
+        row["worst_between"] = max(r["between"] for r in seeds)
+        row["worst_balance_error"] = max(r["balance_error"] for r in seeds)
+    synth_cols = [*synth_keys, "seeds", "near", "between", "balance_error"]
+    synth_cols += ["worst_between", "worst_balance_error"]
     policy_cols = [
         "task",
         "demos",
         "chain_dropout",
+        "dropout_loss",
+        "balance_until",
         "sampling",
         "success",
         "route0",
@@ -266,6 +289,6 @@ def sampling_ablation(cfg: DictConfig) -> tuple[dict, str]:
         "switch_rate",
         "collision_rate",
     ]
-    table = "## Synthetic conditional targets\n\n" + markdown_table(synthetic, synth_cols)
+    table = "## Synthetic conditional targets\n\n" + markdown_table(synth_table, synth_cols)
     table += "\n## Policies\n\n" + markdown_table(policy, policy_cols)
     return payload, table

@@ -6,6 +6,7 @@ import json
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddn_policy.utils.io import atomic_write_text
@@ -27,6 +28,23 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def aggregate(rows: list[dict], keys: list[str], fields: list[str]) -> list[dict]:
+    """One row per distinct value of `keys` (in order of first appearance): how many
+    seeds it has and each field's "mean ± std" across them."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for values, rs in groups.items():
+        agg = {**dict(zip(keys, values, strict=True)), "seeds": len(rs)}
+        for f in fields:
+            vals = [r[f] for r in rs if r.get(f) is not None]
+            if vals:
+                agg[f] = f"{np.mean(vals):.3g} ± {np.std(vals):.2g}"
+        out.append(agg)
+    return out
 
 
 def write_report(out_dir: Path, name: str, payload: dict, table: str, command: str) -> None:

@@ -67,6 +67,10 @@ class TrainConfig:
     ema_max_decay: float = 0.9999  # ... capped here
     balance: str = "split_prune"  # "split_prune", "loss_free" or "none"
     balance_min_count: int = 0  # SplitAndPrune warm-up (samples seen per layer)
+    # Fraction of the steps during which the balancer acts. Under a condition splits never
+    # stop firing, and the selection prior needs steps after the last one to learn the
+    # final nodes' frequencies (1.0: balance to the end, as the reference).
+    balance_until: float = 1.0
     loss_free_rate: float = 0.01  # LossFreeBalance bias step
     log_every: int = 50  # steps between log lines
     checkpoint_every: int = 0  # steps between checkpoints (0: only the final one)
@@ -86,6 +90,11 @@ class TrainConfig:
         for name in ("lr", "loss_free_rate"):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise ValueError(f"{name} must be > 0, got {name}={getattr(self, name)}")
+        if not 0.0 < self.balance_until <= 1.0:
+            raise ValueError(
+                f"balance_until is a fraction of the steps in (0, 1], "
+                f"got balance_until={self.balance_until}"
+            )
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables), got grad_clip={self.grad_clip}")
 
@@ -298,7 +307,8 @@ class Trainer:
             self.statistics.sum_over(lambda t: all_reduce_sum_(t, self.world))
         self.optimizer.step()
         self.schedule.step()
-        splits = self.balancer.step() if self.balancer is not None else None
+        balancing = self.step < self.cfg.balance_until * self.cfg.steps  # 0-based step
+        splits = self.balancer.step() if self.balancer is not None and balancing else None
         self.ema.update(self.policy.model)
         return loss, info, grad_norm, splits if isinstance(splits, list) else []
 
