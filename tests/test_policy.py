@@ -38,6 +38,21 @@ def test_predict_chunks_is_one_forward_in_env_units(demos):
     assert info["uncertainty"].shape == (4,) and info["logprob"].shape == (4, 16)
 
 
+def test_compiled_walk_matches_the_eager_one(demos):
+    policy = tiny_policy(demos).eval()
+    policy.set_inference(temperature=0.0)  # argmax of the prior: no random draw to differ
+    obs = torch.as_tensor(demos["obs"][:3]).float()[:, None].repeat(1, 2, 1)  # (3, To, Do)
+    eager, eager_info = policy.predict_chunks(obs, n=4)
+    policy.set_inference(compile=True)
+    compiled, info = policy.predict_chunks(obs, n=4)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(info["logprob"], eager_info["logprob"], rtol=1e-4, atol=1e-4)
+    policy.set_inference(temperature=1.0)  # a new setting compiles its own walk
+    drawn, _ = policy.predict_chunks(obs, n=64)
+    assert drawn.shape == (3, 64, SPEC.pred_horizon, 2)
+    assert drawn.std(dim=1).mean() > 0  # the compiled draws still differ between hypotheses
+
+
 def test_queue_runs_the_model_once_per_action_horizon(demos):
     policy = tiny_policy(demos).eval()
     obs = demos["obs"][:3]

@@ -31,8 +31,13 @@ def trunk_only(policy, obs: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def _timings(policy, obs, guide, warmup: int, calls: int) -> dict[str, float]:
+    """Median ms of each call. With policy.config.compile the trunk is compiled too, so the
+    ratio compares like with like; guided walks are eager either way."""
+    trunk = lambda o: trunk_only(policy, o)  # noqa: E731
+    if policy.config.compile:
+        trunk = torch.compile(trunk, dynamic=False)
     calls_by_name = {
-        "trunk_only": lambda: trunk_only(policy, obs),
+        "trunk_only": lambda: trunk(obs),
         "ddn_1": lambda: policy.predict_chunks(obs, n=1),
         "ddn_64": lambda: policy.predict_chunks(obs, n=64),
         "ddn_guided_1": lambda: policy.predict_chunks(obs, n=1, guide=guide),
@@ -51,9 +56,10 @@ def ddn_latency(cfg: DictConfig) -> tuple[dict, str]:
         }
     )
     rows = []
-    for trunk in s.trunks:
+    for trunk, compiled in [(t, c) for c in s.compile for t in s.trunks]:
         policy_cfg = OmegaConf.to_container(s.policy, resolve=True)
         policy_cfg.setdefault("model", {})["trunk"] = trunk
+        policy_cfg["compile"] = compiled
         policy = make_policy(policy_cfg, spec, normalizer).eval()
         guide = MaxStep(0.8)
         for batch in s.batches:
@@ -61,6 +67,7 @@ def ddn_latency(cfg: DictConfig) -> tuple[dict, str]:
             ms = _timings(policy, obs, guide, s.warmup, s.calls)
             row = {
                 "trunk": trunk,
+                "compiled": compiled,
                 "batch": batch,
                 **{f"{k}_ms": v for k, v in ms.items()},
                 "ddn_over_trunk": ms["ddn_1"] / ms["trunk_only"],
@@ -69,7 +76,8 @@ def ddn_latency(cfg: DictConfig) -> tuple[dict, str]:
             }
             rows.append(row)
             print(
-                f"{trunk} batch {batch}: ddn/trunk {row['ddn_over_trunk']:.2f}x, "
+                f"{trunk}{' compiled' if compiled else ''} batch {batch}: "
+                f"ddn/trunk {row['ddn_over_trunk']:.2f}x, "
                 f"64 hypotheses {row['n64_over_n1']:.2f}x, guided {row['guided_over_random']:.2f}x",
                 flush=True,
             )
@@ -81,6 +89,7 @@ def ddn_latency(cfg: DictConfig) -> tuple[dict, str]:
     }
     cols = [
         "trunk",
+        "compiled",
         "batch",
         "trunk_only_ms",
         "ddn_1_ms",
