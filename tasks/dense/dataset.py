@@ -6,7 +6,8 @@ and frame 1 with every object in a fixed-lightness palette colour. Stored per sa
   rgb (H, W, 3) uint8      frame 1            rgb2 (H, W, 3) uint8   frame 2
   depth (H, W) float32     planar metres      valid (H, W) bool      depth exists
   segment (H, W) int16     -1 sky, 0 ground, 1+i object i
-  flow (H, W, 2) float32   frame 1 -> 2, px   flow_valid (H, W) bool visible in frame 2
+  flow (H, W, 2) float32   frame 1 -> 2, px, wherever depth exists (0 on the sky)
+  flow_valid (H, W) bool   the point is visible in frame 2 (not occluded, in view)
   color (H, W, 3) uint8    palette render     gray (H, W) uint8      its L* * 255/100
   intrinsics (3, 3) float32
 

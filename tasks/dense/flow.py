@@ -46,8 +46,9 @@ def world_points(depth: np.ndarray, intrinsics: np.ndarray, camera: Pose) -> np.
 def ground_truth_flow(
     scene: Scene, intrinsics: np.ndarray, first: dict, second: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """first/second: the renders of frames 1 and 2. Returns flow (H, W, 2) float32 and
-    valid (H, W) bool: frame 1 has depth there and the point is visible in frame 2."""
+    """first/second: the renders of frames 1 and 2. Returns flow (H, W, 2) float32, exact
+    wherever frame 1 has depth (0 on the sky), and visible (H, W) bool: the point is
+    also seen in frame 2 (not occluded, not out of view)."""
     points = world_points(first["depth"], intrinsics, scene.cameras[0])  # (H, W, 3)
     moved = points.copy()
     for i, (pose1, pose2) in enumerate(scene.poses):
@@ -64,8 +65,8 @@ def ground_truth_flow(
     seen = second["depth"][row, col]
     agrees = np.abs(seen - depth2) <= DEPTH_AGREEMENT * depth2 + 1e-3
     same = second["segment"][row, col] == first["segment"]
-    valid = first["valid"] & inside & agrees & same
-    return np.where(valid[..., None], flow, 0.0).astype(np.float32), valid
+    visible = first["valid"] & inside & agrees & same
+    return np.where(first["valid"][..., None], flow, 0.0).astype(np.float32), visible
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

@@ -1,0 +1,5 @@
+"""Conditional dense prediction with DDN heads: depth, optical flow, colorization."""
+
+from ddn_policy.dense.predictor import TASKS, DensePredictor, DensePredictorConfig
+
+__all__ = ["TASKS", "DensePredictor", "DensePredictorConfig"]

@@ -1,0 +1,144 @@
+"""A conditional dense predictor for the shared Trainer: depth from RGB, flow from an RGB
+pair, colour from gray. It owns the mapping between dataset arrays and the network's
+normalized condition and target, so every caller speaks in the dataset's units (metres,
+pixels of flow, sRGB in [0, 1]).
+
+`predict(batch, n)` returns n hypotheses from one batched walk, their per-pixel median
+(the point estimate) and their per-pixel spread (the uncertainty map).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ddn_policy.models.dense import DenseDDN, DenseDDNConfig, dense_preset
+from ddn_policy.utils.io import UnsafeFileError, load_weights, read_model_dir, write_model_dir
+
+# task -> (condition arrays, condition channels, target channels)
+TASKS = {"depth": (("rgb",), 3, 1), "flow": (("rgb", "rgb2"), 6, 2), "color": (("gray",), 1, 3)}
+
+
+@dataclass
+class DensePredictorConfig:
+    task: str = "depth"  # "depth" (RGB -> metres), "flow" (RGB pair -> px), "color" (gray)
+    preset: str = "small"  # DENSE_PRESETS entry that sizes `model` when it is not given
+    image_size: int = 64  # H = W of the dataset's images
+    model: DenseDDNConfig | None = None  # the network; None: the preset at this size
+    depth_centre: float = 2.0  # metres; log-depth is normalized around log(depth_centre)
+    depth_scale: float = 0.5  # ... and divided by this (natural-log units)
+    sky_depth: float = 6.0  # metres: the training target where there is no depth
+    flow_scale: float = 4.0  # pixels of flow per unit of the network's target
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got task={self.task!r}")
+        _, cond_channels, channels = TASKS[self.task]
+        if isinstance(self.model, dict):
+            self.model = DenseDDNConfig(**self.model)
+        if self.model is None:
+            self.model = dense_preset(
+                self.preset, self.image_size, channels, cond_channels=cond_channels
+            )
+        if (self.model.cond_channels, self.model.ddn.channels) != (cond_channels, channels):
+            raise ValueError(
+                f"task={self.task!r} needs model.cond_channels={cond_channels} and "
+                f"model.ddn.channels={channels}, got {self.model.cond_channels} and "
+                f"{self.model.ddn.channels}"
+            )
+        if self.model.ddn.image_size != self.image_size:
+            raise ValueError(
+                f"model.ddn.image_size={self.model.ddn.image_size} differs from "
+                f"image_size={self.image_size}"
+            )
+        for name in ("depth_centre", "depth_scale", "sky_depth", "flow_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {name}={getattr(self, name)}")
+
+
+def _unit_image(x: Tensor) -> Tensor:
+    """uint8 (B, H, W, C) or (B, H, W) -> float (B, C, H, W) in [-1, 1]."""
+    if x.dtype != torch.uint8:
+        raise ValueError(f"condition images must be uint8 (0-255) as stored, got {x.dtype}")
+    x = x.float() / 127.5 - 1.0
+    return x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+
+class DensePredictor(nn.Module):
+    def __init__(self, config: DensePredictorConfig):
+        super().__init__()
+        self.config = config
+        self.model = DenseDDN(config.model)
+
+    # ------------------------------------------------------------------ data mapping
+    def condition(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, C_in, H, W) in [-1, 1] from the dataset's condition arrays."""
+        keys, _, _ = TASKS[self.config.task]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(
+                f"task={self.config.task!r} needs batch keys {list(keys)}; missing {missing}"
+            )
+        images = [_unit_image(batch[k]) for k in keys]
+        size = self.config.image_size
+        for k, image in zip(keys, images, strict=True):
+            if tuple(image.shape[-2:]) != (size, size):
+                raise ValueError(
+                    f"{k} must be {size}x{size} (image_size), got {tuple(image.shape[-2:])}"
+                )
+        return torch.cat(images, 1)
+
+    def target(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, C, H, W) normalized training target from the dataset's truth."""
+        cfg = self.config
+        if cfg.task == "depth":
+            depth = torch.where(batch["valid"], batch["depth"], cfg.sky_depth)
+            return ((depth.log() - math.log(cfg.depth_centre)) / cfg.depth_scale)[:, None]
+        if cfg.task == "flow":
+            return batch["flow"].permute(0, 3, 1, 2) / cfg.flow_scale
+        return _unit_image(batch["color"])
+
+    def to_units(self, x: Tensor) -> Tensor:
+        """Network output (..., C, H, W) -> metres, pixels or sRGB in [0, 1]."""
+        cfg = self.config
+        if cfg.task == "depth":
+            return (x * cfg.depth_scale + math.log(cfg.depth_centre)).exp()
+        if cfg.task == "flow":
+            return x * cfg.flow_scale
+        return ((x + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------ training, inference
+    def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        loss, info = self.model.loss(self.target(batch), self.condition(batch))
+        return loss, {k: v for k, v in info.items() if k in ("layer_losses", "prior_loss")}
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Tensor], n: int = 8, guide=None, generator=None) -> dict:
+        """hypotheses (B, n, C, H, W), point (B, C, H, W) = per-pixel median of the
+        hypotheses, uncertainty (B, C, H, W) = their per-pixel standard deviation; all in
+        the task's units."""
+        hyps = self.to_units(self.model.sample(self.condition(batch), n, guide, generator))
+        spread = hyps.std(dim=1) if n > 1 else torch.zeros_like(hyps[:, 0])
+        return {"hypotheses": hyps, "point": hyps.median(dim=1).values, "uncertainty": spread}
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | Path) -> None:
+        write_model_dir(
+            directory, {"name": "dense_ddn", **asdict(self.config)}, {"model": self.state_dict()}
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> DensePredictor:
+        raw, tensors = read_model_dir(directory, ("model",), cls.__name__)
+        if raw.pop("name", None) != "dense_ddn":
+            raise UnsafeFileError(f"{directory}/config.json does not describe a dense DDN")
+        try:
+            predictor = cls(DensePredictorConfig(**raw))
+        except TypeError as err:
+            raise UnsafeFileError(f"{directory}/config.json does not fit: {err}") from err
+        load_weights(predictor, tensors["model"], Path(directory) / "model.safetensors")
+        return predictor.eval()

@@ -1,0 +1,120 @@
+"""Conditional dense DDN: an encoder of the condition image feeding a coarse-to-fine DDL
+decoder (the image DDN of models/image.py with the encoder's features as its condition).
+
+The encoder is a small U-Net that returns full-resolution features; every decoder block
+area-pools them to its own resolution, so a 1x1 stage sees a global summary of the image
+and a 64x64 stage sees local detail. K hypotheses are one batched walk: the encoder runs
+once per image and its features are repeated, not recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddn_policy.models.action import preset_fields
+from ddn_policy.models.image import ConvResidual, ImageDDNConfig, image_ddn, norm
+
+
+@dataclass
+class DenseDDNConfig:
+    cond_channels: int = 3  # channels of the condition image (RGB 3, an RGB pair 6, gray 1)
+    encoder_width: int = 32  # encoder channels at full size (2x, 4x at 1/2, 1/4)
+    features: int = 16  # encoder output channels handed to every decoder block
+    ddn: ImageDDNConfig = field(default_factory=ImageDDNConfig)  # the DDL decoder
+
+    def __post_init__(self):
+        if isinstance(self.ddn, dict):
+            self.ddn = ImageDDNConfig(**self.ddn)
+        for name in ("cond_channels", "encoder_width", "features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
+        if self.ddn.cond_channels != self.features:
+            raise ValueError(
+                f"the decoder reads the encoder's features: ddn.cond_channels must equal "
+                f"features={self.features}, got ddn.cond_channels={self.ddn.cond_channels}"
+            )
+        if self.ddn.image_size < 4:
+            raise ValueError(
+                f"the encoder halves twice: ddn.image_size >= 4, got {self.ddn.image_size}"
+            )
+
+
+class ConditionEncoder(nn.Module):
+    """(B, C_in, H, W) -> (B, features, H, W): a two-level U-Net."""
+
+    def __init__(self, cfg: DenseDDNConfig):
+        super().__init__()
+        w, g = cfg.encoder_width, cfg.ddn.groups
+        self.stem = nn.Conv2d(cfg.cond_channels, w, 3, padding=1)
+        self.enc0 = ConvResidual(w, g)
+        self.down1 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+        self.enc1 = ConvResidual(2 * w, g)
+        self.down2 = nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1)
+        self.mid = ConvResidual(4 * w, g)
+        self.up2 = nn.Conv2d(6 * w, 2 * w, 3, padding=1)
+        self.dec1 = ConvResidual(2 * w, g)
+        self.up1 = nn.Conv2d(3 * w, w, 3, padding=1)
+        self.dec0 = ConvResidual(w, g)
+        self.out = nn.Sequential(norm(w, g), nn.SiLU(), nn.Conv2d(w, cfg.features, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        z0 = self.enc0(self.stem(image))  # (B, w, H, W)
+        z1 = self.enc1(self.down1(z0))  # (B, 2w, H/2, W/2)
+        z2 = self.mid(self.down2(z1))  # (B, 4w, H/4, W/4)
+        u1 = self.dec1(self.up2(_cat_up(z2, z1)))  # (B, 2w, H/2, W/2)
+        return self.out(self.dec0(self.up1(_cat_up(u1, z0))))  # (B, features, H, W)
+
+
+def _cat_up(coarse: Tensor, skip: Tensor) -> Tensor:
+    return torch.cat([F.interpolate(coarse, size=skip.shape[-2:], mode="nearest"), skip], 1)
+
+
+class DenseDDN(nn.Module):
+    def __init__(self, cfg: DenseDDNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ConditionEncoder(cfg)
+        self.ddn = image_ddn(cfg.ddn)
+
+    def loss(self, target: Tensor, cond_image: Tensor) -> tuple[Tensor, dict]:
+        """target (B, C, H, W) normalized, cond_image (B, C_in, H, W)."""
+        return self.ddn.loss(target, self.encoder(cond_image))
+
+    def sample(self, cond_image: Tensor, n: int, guide=None, generator=None, top_k: int = 2):
+        """(B, n, C, H, W): n hypotheses per image as one walk of B*n rows."""
+        return self.ddn.sample(n, self.encoder(cond_image), guide, generator, top_k)
+
+
+# Sizes for 64x64 scenes on a CPU budget; any field can be overridden.
+DENSE_PRESETS: dict[str, dict] = {
+    "tiny": {
+        "encoder_width": 16,
+        "features": 8,
+        "ddn": {"stages": (1, 1, 1, 1, 1, 1, 1), "widths": (32, 32, 32, 32, 24, 16, 8), "k": 8},
+    },
+    "small": {
+        "encoder_width": 32,
+        "features": 16,
+        "ddn": {"stages": (1, 1, 2, 2, 2, 2, 1), "widths": (64, 64, 64, 48, 32, 24, 16), "k": 16},
+    },
+}
+
+
+def dense_preset(name: str, image_size: int = 64, channels: int = 1, **fields) -> DenseDDNConfig:
+    """A preset's sizes for `channels` target channels at `image_size`, then `fields`."""
+    sizes = preset_fields(DENSE_PRESETS, name)
+    levels = image_size.bit_length()  # resolutions 1..image_size; presets list 1..64
+    ddn = {
+        **sizes["ddn"],
+        "stages": sizes["ddn"]["stages"][:levels],
+        "widths": sizes["ddn"]["widths"][:levels],
+        "image_size": image_size,
+        "channels": channels,
+        "cond_channels": fields.get("features", sizes["features"]),
+        **fields.pop("ddn", {}),
+    }
+    return DenseDDNConfig(**{**sizes, **fields, "ddn": ddn})
