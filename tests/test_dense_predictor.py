@@ -6,7 +6,13 @@ import json
 import pytest
 import torch
 
-from ddn_policy.dense import DensePredictor, DensePredictorConfig
+from ddn_policy.dense import (
+    ColorStrokes,
+    DensePredictor,
+    DensePredictorConfig,
+    PhotometricFlow,
+    SparseDepth,
+)
 from ddn_policy.training.trainer import TrainConfig, Trainer
 from tasks.dense import DenseDataset, SceneConfig, write_dataset
 
@@ -24,20 +30,32 @@ def batch_of(data, rows):
     return torch.utils.data.default_collate([data[i] for i in rows])
 
 
-@pytest.mark.parametrize("task", ["depth", "flow", "color"])
-def test_training_lowers_the_loss_and_predicts_in_task_units(scenes, tmp_path, task):
-    torch.manual_seed(0)
-    predictor = DensePredictor(DensePredictorConfig(task=task, preset="tiny", image_size=SIZE))
-    cfg = TrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5)
-    Trainer(predictor, scenes, cfg, tmp_path).fit()
-    losses = [
-        json.loads(line)["loss"]
-        for line in (tmp_path / "log.jsonl").read_text().splitlines()
-        if '"loss"' in line
-    ]
-    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    """task -> (predictor trained 80 steps, its logged losses), trained once per module."""
+    cache = {}
 
-    out = predictor.eval().predict(batch_of(scenes, [0, 1]), n=4)
+    def get(task):
+        if task not in cache:
+            torch.manual_seed(0)
+            config = DensePredictorConfig(task=task, preset="tiny", image_size=SIZE)
+            predictor = DensePredictor(config)
+            out = tmp_path_factory.mktemp(task)
+            cfg = TrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5)
+            Trainer(predictor, scenes, cfg, out).fit()
+            lines = (out / "log.jsonl").read_text().splitlines()
+            losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+            cache[task] = (predictor.eval(), losses)
+        return cache[task]
+
+    return get
+
+
+@pytest.mark.parametrize("task", ["depth", "flow", "color"])
+def test_training_lowers_the_loss_and_predicts_in_task_units(scenes, trained, task):
+    predictor, losses = trained(task)
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    out = predictor.predict(batch_of(scenes, [0, 1]), n=4)
     channels = {"depth": 1, "flow": 2, "color": 3}[task]
     assert out["hypotheses"].shape == (2, 4, channels, SIZE, SIZE)
     assert out["point"].shape == out["uncertainty"].shape == (2, channels, SIZE, SIZE)
@@ -46,6 +64,55 @@ def test_training_lowers_the_loss_and_predicts_in_task_units(scenes, tmp_path, t
         assert (out["point"] > 0).all()  # metres
     if task == "color":
         assert 0 <= out["point"].min() and out["point"].max() <= 1
+
+
+def guided_and_free(predictor, batch, guide, n=8):
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    guided = predictor.predict(batch, n=n, guide=guide, generator=gen())["hypotheses"]
+    free = predictor.predict(batch, n=n, generator=gen())["hypotheses"]
+    return guided, free
+
+
+def test_sparse_depth_points_pull_the_hypotheses_onto_the_measurements(scenes, trained):
+    predictor, _ = trained("depth")
+    batch = batch_of(scenes, range(4))
+    guide = SparseDepth.sample_from(
+        batch["depth"], batch["valid"], 10, torch.Generator().manual_seed(0)
+    )
+    guided, free = guided_and_free(predictor, batch, guide)
+
+    def point_error(hyps):  # mean |log error| at the measured pixels: the guide's own score
+        rows = torch.arange(4).repeat_interleave(8)  # the image of each hypothesis
+        return -guide(hyps.flatten(0, 1)[:, None], rows).mean()
+
+    assert point_error(guided) < 0.7 * point_error(free)
+
+
+def test_colour_strokes_are_respected(scenes, trained):
+    predictor, _ = trained("color")
+    batch = batch_of(scenes, range(4))
+    truth = batch["color"].permute(0, 3, 1, 2).float() / 255  # (B, 3, H, W)
+    alpha = torch.zeros(4, 1, SIZE, SIZE)
+    alpha[:, :, 4:8, 4:8] = alpha[:, :, 10:13, 9:12] = 1.0
+    guide = ColorStrokes(torch.cat([truth, alpha], 1))
+    guided, free = guided_and_free(predictor, batch, guide)
+
+    def stroke_error(hyps):
+        return ((hyps - truth[:, None]).abs() * alpha[:, None]).sum() / (alpha.sum() * 3 * 8)
+
+    assert stroke_error(guided) < 0.8 * stroke_error(free)
+
+
+def test_photometric_guidance_makes_the_flow_explain_the_second_frame(scenes, trained):
+    predictor, _ = trained("flow")
+    batch = batch_of(scenes, range(4))
+    first, second = (batch[k].permute(0, 3, 1, 2).float() / 255 for k in ("rgb", "rgb2"))
+    guide = PhotometricFlow(first, second)
+    guided, free = guided_and_free(predictor, batch, guide)
+    rows = torch.arange(4).repeat_interleave(8)
+    guided_error = -guide(guided.flatten(0, 1)[:, None], rows).mean()
+    free_error = -guide(free.flatten(0, 1)[:, None], rows).mean()
+    assert guided_error < 0.9 * free_error
 
 
 def test_save_and_load_give_identical_hypotheses(scenes, tmp_path):

@@ -117,13 +117,29 @@ class DensePredictor(nn.Module):
         return loss, {k: v for k, v in info.items() if k in ("layer_losses", "prior_loss")}
 
     @torch.no_grad()
-    def predict(self, batch: dict[str, Tensor], n: int = 8, guide=None, generator=None) -> dict:
+    def predict(
+        self, batch: dict[str, Tensor], n: int = 8, guide=None, generator=None, top_k: int = 2
+    ) -> dict:
         """hypotheses (B, n, C, H, W), point (B, C, H, W) = per-pixel median of the
         hypotheses, uncertainty (B, C, H, W) = their per-pixel standard deviation; all in
-        the task's units."""
-        hyps = self.to_units(self.model.sample(self.condition(batch), n, guide, generator))
+        the task's units. `guide`: a dense guide (dense/guides.py) steering every layer,
+        each choosing among its top_k candidates; it costs one scoring of all K
+        candidates per layer, still one network pass."""
+        score = None if guide is None else self._score(guide, n)
+        cond = self.condition(batch)
+        hyps = self.to_units(self.model.sample(cond, n, score, generator, top_k))
         spread = hyps.std(dim=1) if n > 1 else torch.zeros_like(hyps[:, 0])
         return {"hypotheses": hyps, "point": hyps.median(dim=1).values, "uncertainty": spread}
+
+    def _score(self, guide, n: int):
+        """A dense guide as the core's scorer: candidates in task units, and the input
+        image of each row (the walk repeats every image n times, consecutively)."""
+
+        def score(candidates: Tensor, ctx) -> Tensor:
+            image = torch.arange(ctx.batch, device=candidates.device) // n
+            return guide(self.to_units(candidates), image)
+
+        return score
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path) -> None:
