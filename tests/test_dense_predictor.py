@@ -115,10 +115,46 @@ def test_photometric_guidance_makes_the_flow_explain_the_second_frame(scenes, tr
     assert guided_error < 0.9 * free_error
 
 
-def test_save_and_load_give_identical_hypotheses(scenes, tmp_path):
-    predictor = DensePredictor(DensePredictorConfig(task="flow", preset="tiny", image_size=SIZE))
+@pytest.mark.parametrize("method", ["regression", "diffusion"])
+def test_baselines_train_and_predict_through_the_same_interface(scenes, tmp_path, method):
+    torch.manual_seed(0)
+    config = DensePredictorConfig(task="depth", method=method, preset="tiny", image_size=SIZE)
+    if method == "diffusion":
+        config = DensePredictorConfig(
+            task="depth",
+            method=method,
+            image_size=SIZE,
+            model={"block_out_channels": (16, 32), "inference_steps": 4},
+        )
+    predictor = DensePredictor(config)
+    cfg = TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5)
+    Trainer(predictor, scenes, cfg, tmp_path).fit()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    out = predictor.eval().predict(batch_of(scenes, [0, 1]), n=3)
+    assert out["hypotheses"].shape == (2, 3, 1, SIZE, SIZE)
+    spread = out["uncertainty"].mean()
+    assert spread == 0 if method == "regression" else spread > 0  # an ensemble differs
+    with pytest.raises(ValueError, match="guide=None"):
+        predictor.predict(batch_of(scenes, [0]), n=2, guide=lambda c, i: c.mean((2, 3, 4)))
+
+
+@pytest.mark.parametrize("method", ["ddn", "diffusion"])
+def test_save_and_load_give_identical_hypotheses(scenes, tmp_path, method):
+    config = DensePredictorConfig(
+        task="flow",
+        method=method,
+        preset="tiny",
+        image_size=SIZE,
+        model={"block_out_channels": (16, 32), "inference_steps": 2}
+        if method == "diffusion"
+        else None,
+    )
+    predictor = DensePredictor(config)
     predictor.eval().save_pretrained(tmp_path)
     loaded = DensePredictor.from_pretrained(tmp_path)
+    assert loaded.config == predictor.config
     batch = batch_of(scenes, [2, 3])
     a = predictor.predict(batch, n=3, generator=torch.Generator().manual_seed(1))
     b = loaded.predict(batch, n=3, generator=torch.Generator().manual_seed(1))

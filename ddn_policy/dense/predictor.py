@@ -4,7 +4,10 @@ normalized condition and target, so every caller speaks in the dataset's units (
 pixels of flow, sRGB in [0, 1]).
 
 `predict(batch, n)` returns n hypotheses from one batched walk, their per-pixel median
-(the point estimate) and their per-pixel spread (the uncertainty map).
+(the point estimate) and their per-pixel spread (the uncertainty map). The baselines sit
+behind the same interface (`method`): a regressor with the same encoder (its n
+hypotheses are one prediction repeated) and a diffusers denoiser with the condition
+concatenated (n DDIM samples: an ensemble, as Marigold).
 """
 
 from __future__ import annotations
@@ -16,19 +19,25 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from baselines.diffusion_image.modeling import DiffusionImageConfig
 from ddn_policy.models.dense import DenseDDN, DenseDDNConfig, dense_preset
 from ddn_policy.utils.io import UnsafeFileError, load_weights, read_model_dir, write_model_dir
 
 # task -> (condition arrays, condition channels, target channels)
 TASKS = {"depth": (("rgb",), 3, 1), "flow": (("rgb", "rgb2"), 6, 2), "color": (("gray",), 1, 3)}
+# the DDN and the two baselines of the same interface (loss, sample)
+METHODS = ("ddn", "regression", "diffusion")
 
 
 @dataclass
 class DensePredictorConfig:
     task: str = "depth"  # "depth" (RGB -> metres), "flow" (RGB pair -> px), "color" (gray)
+    method: str = "ddn"  # "ddn", "regression" (same encoder, L2) or "diffusion" (diffusers)
     preset: str = "small"  # DENSE_PRESETS entry that sizes `model` when it is not given
     image_size: int = 64  # H = W of the dataset's images
-    model: DenseDDNConfig | None = None  # the network; None: the preset at this size
+    # the network: a DenseDDNConfig for ddn and regression (which uses its encoder sizes),
+    # a DiffusionImageConfig for diffusion; None: the preset at this size
+    model: DenseDDNConfig | DiffusionImageConfig | None = None
     depth_centre: float = 2.0  # metres; log-depth is normalized around log(depth_centre)
     depth_scale: float = 0.5  # ... and divided by this (natural-log units)
     sky_depth: float = 6.0  # metres: the training target where there is no depth
@@ -37,7 +46,12 @@ class DensePredictorConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got task={self.task!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got method={self.method!r}")
         _, cond_channels, channels = TASKS[self.task]
+        if self.method == "diffusion":
+            self.model = diffusion_config(self.model, self.image_size, channels, cond_channels)
+            return
         if isinstance(self.model, dict):
             self.model = DenseDDNConfig(**self.model)
         if self.model is None:
@@ -60,6 +74,45 @@ class DensePredictorConfig:
                 raise ValueError(f"{name} must be > 0, got {name}={getattr(self, name)}")
 
 
+def diffusion_config(model, image_size: int, channels: int, cond_channels: int):
+    """The diffusion baseline's config for this task: given sizes, or ~0.5M parameters
+    (the dense DDN `tiny`-`small` range), with the task's channels and image size."""
+    fields = dict(model) if isinstance(model, dict) else dict(asdict(model)) if model else {}
+    fields.setdefault("block_out_channels", (32, 48, 64))
+    fields.setdefault("num_train_timesteps", 1000)
+    fields.setdefault("inference_steps", 10)  # DDIM-10, the issue's sampler
+    fields |= {"image_size": image_size, "channels": channels, "cond_channels": cond_channels}
+    return DiffusionImageConfig(**fields)
+
+
+def build_head(config: DensePredictorConfig) -> nn.Module:
+    if config.method == "ddn":
+        return DenseDDN(config.model)
+    if config.method == "regression":
+        from baselines.dense_regression import DenseRegression
+
+        return DenseRegression(config.model)
+    return DiffusionHead(config.model)
+
+
+class DiffusionHead(nn.Module):
+    """The diffusers baseline behind the dense head interface (loss, sample)."""
+
+    def __init__(self, config: DiffusionImageConfig):
+        super().__init__()
+        from baselines.diffusion_image import DiffusionImageModel
+
+        self.diffusion = DiffusionImageModel(config)
+
+    def loss(self, target: Tensor, cond_image: Tensor) -> tuple[Tensor, dict]:
+        return self.diffusion.loss(target, cond_image)
+
+    def sample(self, cond_image: Tensor, n: int, guide=None, generator=None, top_k: int = 2):
+        if guide is not None:
+            raise ValueError("the diffusion baseline takes no DDN guide: pass guide=None")
+        return self.diffusion.sample(n, generator=generator, cond=cond_image)
+
+
 def _unit_image(x: Tensor) -> Tensor:
     """uint8 (B, H, W, C) or (B, H, W) -> float (B, C, H, W) in [-1, 1]."""
     if x.dtype != torch.uint8:
@@ -72,7 +125,7 @@ class DensePredictor(nn.Module):
     def __init__(self, config: DensePredictorConfig):
         super().__init__()
         self.config = config
-        self.model = DenseDDN(config.model)
+        self.model = build_head(config)
 
     # ------------------------------------------------------------------ data mapping
     def condition(self, batch: dict[str, Tensor]) -> Tensor:
@@ -144,14 +197,16 @@ class DensePredictor(nn.Module):
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path) -> None:
         write_model_dir(
-            directory, {"name": "dense_ddn", **asdict(self.config)}, {"model": self.state_dict()}
+            directory,
+            {"name": "dense_predictor", **asdict(self.config)},
+            {"model": self.state_dict()},
         )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DensePredictor:
         raw, tensors = read_model_dir(directory, ("model",), cls.__name__)
-        if raw.pop("name", None) != "dense_ddn":
-            raise UnsafeFileError(f"{directory}/config.json does not describe a dense DDN")
+        if raw.pop("name", None) != "dense_predictor":
+            raise UnsafeFileError(f"{directory}/config.json does not describe a dense predictor")
         try:
             predictor = cls(DensePredictorConfig(**raw))
         except TypeError as err:

@@ -1,0 +1,3 @@
+from baselines.dense_regression.modeling import DenseRegression
+
+__all__ = ["DenseRegression"]
