@@ -2,6 +2,7 @@
 task, gives K hypotheses in the task's units, saves and loads, refuses bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,39 @@ def test_bad_input_names_the_expected_value(scenes):
         flow.predict({"rgb": batch["rgb"]})
     with pytest.raises(ValueError, match="task='normals'"):
         DensePredictorConfig(task="normals")
+
+
+def test_ddn_train_experiment_renders_once_and_trains(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from ddn_policy.cli.train import run
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=color-ddn",
+                "experiment.preset=tiny",
+                "experiment.data.train=8",
+                f"experiment.data.root={tmp_path / 'data'}",
+                "experiment.data.scene.size=16",
+                "+experiment.data.scene.max_objects=2",
+                "steps=4",
+                "batch_size=4",
+                "train.checkpoint_every=0",
+                f"out_dir={tmp_path / 'run'}",
+            ],
+        )
+    run(cfg)
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert max(json.loads(line).get("step", 0) for line in log) == 4
+    assert (tmp_path / "run" / "checkpoints" / "last" / "pretrained_model").is_dir()
+    [store] = list((tmp_path / "data").iterdir())
+    assert store.name.endswith("-train8.zarr")
+    run(cfg)  # resumes the finished run, and reuses the rendered scenes
+    assert list((tmp_path / "data").iterdir()) == [store]
+    loaded = DensePredictor.from_pretrained(
+        tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
+    )
+    assert loaded.config.task == "color" and loaded.config.image_size == 16

@@ -103,6 +103,10 @@ def start_trainer(cfg: DictConfig, model, dataset, world: World) -> Trainer:
 def run(cfg: DictConfig) -> dict:
     world = init_world(cfg.device)
     try:
+        if cfg.get("experiment") is not None and cfg.experiment.get("kind") == "dense":
+            from ddn_policy.dense.train import train_dense  # configs/experiment/depth-ddn ...
+
+            return train_dense(cfg, world)
         if cfg.get("experiment") is not None:  # an image DDN (configs/experiment/)
             from ddn_policy.images.train import train_images
 
