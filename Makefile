@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-EXTRAS := sim,baselines,images,dev
+EXTRAS := sim,baselines,images,dense,dev
 export MUJOCO_GL ?= osmesa
 export PYOPENGL_PLATFORM ?= $(MUJOCO_GL)
 

@@ -117,3 +117,24 @@ def test_bad_scene_settings_name_the_value():
     with pytest.raises(ValueError, match="frame=2"):
         generator = SceneGenerator(SceneConfig(size=16), seed=0)
         generator.render(generator.sample(np.random.default_rng(0)), frame=2)
+
+
+def test_middlebury_motorcycle_becomes_metric_depth():
+    from tasks.dense.middlebury import (
+        BASELINE_M,
+        DOFFS_PX,
+        FOCAL_PX,
+        disparity_to_depth,
+        motorcycle,
+    )
+
+    assert disparity_to_depth(np.array([100.0]))[0] == pytest.approx(
+        BASELINE_M * FOCAL_PX / (100.0 + DOFFS_PX)
+    )
+    assert np.isnan(disparity_to_depth(np.array([np.inf, np.nan]))).all()
+    sample = motorcycle(64)
+    assert sample["rgb"].shape == (64, 64, 3) and sample["rgb"].dtype == np.uint8
+    depth = sample["depth"][sample["valid"]]
+    assert sample["valid"].mean() > 0.9
+    assert 1.0 < np.median(depth) < 5.0 and depth.min() > 0.5  # a motorcycle 2-3 m away
+    assert (sample["depth"][~sample["valid"]] == 0).all()
