@@ -13,6 +13,7 @@ from ddn_policy.cli import CONFIG_DIR, refuse_targets
 from ddn_policy.core import Selector, Uniform
 from ddn_policy.evaluation.bench_compare import compare
 from ddn_policy.evaluation.bench_ddp import data_parallel
+from ddn_policy.evaluation.bench_dense import dense_suite
 from ddn_policy.evaluation.bench_images import images_suite
 from ddn_policy.evaluation.bench_policy import ddn_latency, method_latency
 from ddn_policy.evaluation.bench_sampling import sampling_ablation
@@ -76,6 +77,7 @@ COMPARISONS = {
     "metaworld": (compare, comparison_plots),
     "latency": (method_latency, comparison_plots),
     "images": (images_suite, None),  # its picture sheets are written while it runs
+    "dense": (dense_suite, None),  # likewise
 }
 
 

@@ -55,10 +55,10 @@ def save_png(path: Path, sheet: np.ndarray) -> None:
     atomic_write_bytes(path, iio.imwrite("<bytes>", sheet, extension=".png"))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image, for values in [-1, 1] (peak-to-peak 2)."""
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> torch.Tensor:
+    """Per image; `peak` is the value range (2 for [-1, 1], 1 for [0, 1])."""
     mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(4.0 / mse)
+    return 10 * torch.log10(peak**2 / mse)
 
 
 @torch.no_grad()

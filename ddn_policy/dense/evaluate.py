@@ -1,0 +1,123 @@
+"""Scoring a dense predictor on held-out scenes: point, hypothesis and uncertainty metrics,
+guided versus free sampling, runtime per image. Every function returns flat rows
+{"metric", "value", ...settings} for results.json."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from ddn_policy.dense.guides import ColorStrokes, PhotometricFlow, SparseDepth
+from ddn_policy.dense.predictor import DensePredictor
+from ddn_policy.evaluation.dense_metrics import (
+    best_of_k,
+    crps,
+    depth_metrics,
+    flow_metrics,
+    interval_coverage,
+    pixel_errors,
+    sparsification,
+)
+from ddn_policy.images.train import psnr
+
+
+def batches(data, count: int, size: int):
+    """Collated batches of the first `count` samples of a DenseDataset."""
+    for start in range(0, count, size):
+        rows = [data[i] for i in range(start, min(start + size, count))]
+        yield torch.utils.data.default_collate(rows)
+
+
+def truth_of(task: str, batch: dict) -> tuple[Tensor, Tensor]:
+    """(B, C, H, W) truth in task units and the (B, H, W) mask it is scored on."""
+    if task == "depth":
+        return batch["depth"][:, None].float(), batch["valid"]
+    if task == "flow":
+        return batch["flow"].permute(0, 3, 1, 2).float(), batch["valid"]
+    color = batch["color"].permute(0, 3, 1, 2).float() / 255
+    return color, torch.ones(color.shape[0], *color.shape[2:], dtype=torch.bool)
+
+
+def make_guide(task: str, batch: dict, truth: Tensor, mask: Tensor, cfg: dict, seed: int):
+    """The task's guide built from what a user would have: 50 measured depths, the
+    frame pair itself, or a few colour strokes taken from the truth."""
+    gen = torch.Generator().manual_seed(seed)
+    if task == "depth":
+        return SparseDepth.sample_from(truth[:, 0], mask, cfg["depth_points"], gen)
+    if task == "flow":
+        first, second = (batch[k].permute(0, 3, 1, 2).float() / 255 for k in ("rgb", "rgb2"))
+        return PhotometricFlow(first, second)
+    alpha = torch.zeros_like(truth[:, :1])
+    size = truth.shape[-1]
+    for b in range(truth.shape[0]):  # square dabs at random places
+        for _ in range(cfg["strokes"]):
+            r, c = torch.randint(0, size - 3, (2,), generator=gen).tolist()
+            alpha[b, :, r : r + 3, c : c + 3] = 1.0
+    return ColorStrokes(torch.cat([truth, alpha], 1))
+
+
+def point_rows(task: str, point: Tensor, truth: Tensor, mask: Tensor) -> dict[str, float]:
+    if task == "depth":
+        metric = depth_metrics(point, truth, mask)
+        aligned = depth_metrics(point, truth, mask, aligned=True)
+        return metric | {f"{k}_aligned": v for k, v in aligned.items()}
+    if task == "flow":
+        return flow_metrics(point, truth, mask)
+    return {"psnr": float(psnr(point, truth, peak=1.0).mean())}
+
+
+@torch.no_grad()
+def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[dict]:
+    """cfg: images, batch, hypotheses, depth_points, strokes, guided (bool)."""
+    task, method = predictor.config.task, predictor.config.method
+    guided_ok = cfg["guided"] and method == "ddn"
+    sums: dict[str, float] = {}
+    errors, spreads, seconds, images = [], [], 0.0, 0
+    for i, batch in enumerate(batches(data, cfg["images"], cfg["batch"])):
+        truth, mask = truth_of(task, batch)
+        gen = torch.Generator().manual_seed(seed + i)
+        start = time.perf_counter()
+        out = predictor.predict(batch, n=cfg["hypotheses"], generator=gen)
+        seconds += time.perf_counter() - start
+        images += truth.shape[0]
+        hyps, point = out["hypotheses"], out["point"]
+        scores = point_rows(task, point, truth, mask)
+        if task == "color":
+            scores["best_of_k_psnr"] = float(
+                psnr(hyps.flatten(0, 1), truth.repeat_interleave(hyps.shape[1], 0), peak=1.0)
+                .view(hyps.shape[:2])
+                .max(1)
+                .values.mean()
+            )
+            pairs = (hyps[:, :, None] - hyps[:, None]).abs().mean((3, 4, 5))  # (B, n, n)
+            n = hyps.shape[1]
+            scores["diversity"] = float(pairs.sum((1, 2)).mean() / max(n * (n - 1), 1))
+        scores |= best_of_k(task, hyps, truth, mask)
+        if hyps.shape[1] > 1:
+            scores["crps"] = crps(hyps, truth, mask)
+            scores["coverage80"] = interval_coverage(hyps, truth, mask)
+        pixel = pixel_errors(task, point, truth)  # (B, H, W)
+        errors.append(pixel[mask])
+        spreads.append(out["uncertainty"].mean(1)[mask])
+        if guided_ok:
+            guide = make_guide(task, batch, truth, mask, cfg, seed + i)
+            steered = predictor.predict(batch, n=cfg["hypotheses"], guide=guide, generator=gen)
+            for k, v in point_rows(task, steered["point"], truth, mask).items():
+                scores[f"guided_{k}"] = v
+            if task == "color":
+                alpha = guide.weighted[:, 3:]
+                diff = (steered["point"] - truth).abs().mean(1, keepdim=True)
+                free = (point - truth).abs().mean(1, keepdim=True)
+                scores["stroke_error_guided"] = float((alpha * diff).sum() / alpha.sum())
+                scores["stroke_error_free"] = float((alpha * free).sum() / alpha.sum())
+        for k, v in scores.items():  # weighted by images, so batches of any size average
+            sums[k] = sums.get(k, 0.0) + v * truth.shape[0]
+    rows = [{"metric": k, "value": v / images} for k, v in sums.items()]
+    spread = torch.cat(spreads)
+    if float(spread.max()) > 0:  # a deterministic regressor has no uncertainty to rank by
+        curve = sparsification(torch.cat(errors), spread)
+        rows.append({"metric": "ause", "value": curve["ause"]})
+    rows.append({"metric": "ms_per_image", "value": 1000 * seconds / images})
+    return rows

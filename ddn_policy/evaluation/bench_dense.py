@@ -1,0 +1,147 @@
+"""`ddn-bench suite=dense`: DDN, regression and diffusion predictors for depth, flow and
+colorization trained on the same rendered scenes and scored on the same test scenes.
+
+Resumable: each training is `ddn-train experiment=<task>-<method>` in its own cache
+directory (keyed by its settings, resumed from its checkpoints), and each evaluation is
+cached as JSON beside it, keyed by the evaluation settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text, settings_key
+
+
+def data_settings(s: DictConfig) -> dict:
+    return OmegaConf.to_container(s.data, resolve=True)
+
+
+def train_overrides(s: DictConfig, task: str, method: str) -> list[str]:
+    data = data_settings(s)
+    out = [
+        f"experiment={task}-{method}",
+        f"steps={s.steps}",
+        f"batch_size={s.batch_size}",
+        f"seed={s.seed}",
+        f"experiment.preset={s.preset}",
+        f"experiment.data.seed={data['seed']}",
+        f"experiment.data.train={data['train']}",
+        f"experiment.data.test={data['test']}",
+        f"experiment.data.root={data['root']}",
+    ]
+    out += [f"+experiment.data.scene.{k}={v}" for k, v in data["scene"].items() if k != "size"]
+    out.append(f"experiment.data.scene.size={data['scene']['size']}")
+    model = OmegaConf.to_container(s.models, resolve=True).get(method, {})
+    out += [f"+experiment.model.{k}={v}" for k, v in model.items()]
+    return out
+
+
+def train(s: DictConfig, task: str, method: str) -> Path:
+    overrides = train_overrides(s, task, method)
+    run_dir = Path(s.cache_dir) / f"{task}-{method}-s{s.seed}-{settings_key({'o': overrides})}"
+    if not (run_dir / "train_summary.json").is_file():
+        command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides, f"out_dir={run_dir}"]
+        print(" ".join(command[2:]), flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(s.threads)})
+    return run_dir
+
+
+def cached(path: Path, compute):
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = compute()
+    atomic_write_text(path, json.dumps(rows, indent=2))
+    return rows
+
+
+def evaluate_run(s: DictConfig, task: str, method: str, run_dir: Path, test) -> list[dict]:
+    from ddn_policy.dense import DensePredictor
+    from ddn_policy.dense.evaluate import evaluate
+
+    predictor = DensePredictor.from_pretrained(run_dir / "checkpoints/last/pretrained_model")
+    eval_cfg = OmegaConf.to_container(s.eval, resolve=True)
+    eval_cfg["hypotheses"] = eval_cfg["ensemble"] if method == "diffusion" else eval_cfg["k"]
+    key = settings_key(eval_cfg)
+    rows = cached(run_dir / f"eval-{key}.json", lambda: evaluate(predictor, test, eval_cfg))
+    if task == "depth" and s.middlebury:
+        rows += cached(
+            run_dir / f"eval-middlebury-{key}.json", lambda: middlebury(predictor, eval_cfg)
+        )
+    return [
+        {"task": task, "model": method, "hypotheses": eval_cfg["hypotheses"], **r} for r in rows
+    ]
+
+
+def middlebury(predictor, eval_cfg: dict) -> list[dict]:
+    """Out of domain: the real Motorcycle sample at the scenes' size."""
+    from ddn_policy.dense.evaluate import point_rows
+    from tasks.dense.middlebury import motorcycle
+
+    sample = motorcycle(predictor.config.image_size)
+    batch = {"rgb": torch.as_tensor(sample["rgb"])[None]}
+    out = predictor.predict(
+        batch, n=eval_cfg["hypotheses"], generator=torch.Generator().manual_seed(0)
+    )
+    truth = torch.as_tensor(sample["depth"])[None, None]
+    scores = point_rows("depth", out["point"], truth, torch.as_tensor(sample["valid"])[None])
+    return [{"metric": f"middlebury_{k}", "value": v} for k, v in scores.items()]
+
+
+def picture(s: DictConfig, task: str, predictors: dict, test) -> None:
+    from ddn_policy.dense.evaluate import truth_of
+    from ddn_policy.dense.pictures import method_row, sheet
+
+    batch = torch.utils.data.default_collate([test[0]])
+    truth, _ = truth_of(task, batch)
+    image = (
+        batch["rgb"][0].numpy()
+        if task != "color"
+        else np.repeat(batch["gray"][0].numpy()[..., None], 3, -1)
+    )
+    rows = []
+    for method, predictor in predictors.items():
+        n = s.eval.ensemble if method == "diffusion" else s.eval.k
+        out = predictor.predict(batch, n=n, generator=torch.Generator().manual_seed(0))
+        rows.append(method_row(task, image, truth[0], {k: v[0] for k, v in out.items()}))
+    import imageio.v3 as iio
+
+    png = iio.imwrite(
+        "<bytes>", np.kron(sheet(rows), np.ones((2, 2, 1), np.uint8)), extension=".png"
+    )
+    atomic_write_bytes(Path(s.results_dir) / f"{task}.png", png)
+
+
+def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
+    from ddn_policy.dense import DensePredictor
+    from ddn_policy.dense.train import dataset_path
+    from tasks.dense import DenseDataset
+
+    s = cfg.suite
+    data = data_settings(s)
+    test = DenseDataset(dataset_path(data, "test"))
+    rows = []
+    for task in s.tasks:
+        predictors = {}
+        for method in s.methods:
+            run_dir = train(s, task, method)
+            rows += evaluate_run(s, task, method, run_dir, test)
+            path = run_dir / "checkpoints/last/pretrained_model"
+            predictors[method] = DensePredictor.from_pretrained(path)
+        picture(s, task, predictors, test)
+    metrics = sorted({(r["task"], r["metric"]) for r in rows})
+    table = [
+        {"task": t, "metric": m}
+        | {r["model"]: r["value"] for r in rows if (r["task"], r["metric"]) == (t, m)}
+        for t, m in metrics
+    ]
+    return rows, markdown_table(table, ["task", "metric", *s.methods])

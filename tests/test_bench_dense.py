@@ -1,0 +1,47 @@
+"""ddn-bench suite=dense end to end on a tiny budget: trains, scores, draws, resumes."""
+
+import os
+
+from hydra import compose, initialize_config_dir
+
+from ddn_policy.evaluation.bench_dense import dense_suite
+
+CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
+
+
+def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose(
+            "bench",
+            overrides=[
+                "suite=dense",
+                "suite.tasks=[depth]",
+                "suite.methods=[ddn,regression]",
+                "suite.preset=tiny",
+                "suite.steps=3",
+                "suite.batch_size=4",
+                "suite.data.train=8",
+                "suite.data.test=4",
+                f"suite.data.root={tmp_path / 'data'}",
+                "suite.data.scene.size=16",
+                "suite.eval.images=4",
+                "suite.eval.batch=2",
+                "suite.eval.k=3",
+                "suite.eval.depth_points=5",
+                f"suite.cache_dir={tmp_path / 'cache'}",
+                f"suite.results_dir={tmp_path / 'results'}",
+            ],
+        )
+    rows, table = dense_suite(cfg)
+    metrics = {(r["model"], r["metric"]) for r in rows}
+    for model in ("ddn", "regression"):
+        for metric in ("abs_rel", "abs_rel_aligned", "best_of_k_image", "middlebury_abs_rel"):
+            assert (model, metric) in metrics
+    assert ("ddn", "guided_abs_rel") in metrics and ("regression", "guided_abs_rel") not in metrics
+    assert ("ddn", "ause") in metrics  # the regressor has no uncertainty to rank by
+    assert "| depth | abs_rel |" in table
+    assert (tmp_path / "results" / "depth.png").is_file()
+    runs = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    again, _ = dense_suite(cfg)  # everything cached: nothing retrained or re-scored
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == runs
+    assert again == rows
