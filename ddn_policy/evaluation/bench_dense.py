@@ -121,6 +121,30 @@ def picture(s: DictConfig, task: str, predictors: dict, test) -> None:
     atomic_write_bytes(Path(s.results_dir) / f"{task}.png", png)
 
 
+def scene_checks(test, size: int) -> list[dict]:
+    """The generator's own checks, as rows: frame 2 warped by the true flow against
+    frame 1 (and the zero flow as the yardstick), and depth back-projected onto an
+    analytic sphere."""
+    from tasks.dense.checks import sphere_residual
+    from tasks.dense.flow import photometric_error
+
+    truth, zero = [], []
+    for i in range(len(test)):
+        x = test[i]
+        truth.append(photometric_error(x["rgb"], x["rgb2"], x["flow"], x["flow_valid"]))
+        zero.append(photometric_error(x["rgb"], x["rgb2"], 0 * x["flow"], x["flow_valid"]))
+    visible = np.mean(
+        [test[i]["flow_valid"].sum() / test[i]["valid"].sum() for i in range(len(test))]
+    )
+    found = {
+        "photometric_error_true_flow": float(np.nanmean(truth)),
+        "photometric_error_zero_flow": float(np.nanmean(zero)),
+        "visible_in_frame2": float(visible),
+        "sphere_residual_over_radius": sphere_residual(size),
+    }
+    return [{"task": "scenes", "model": "truth", "metric": k, "value": v} for k, v in found.items()]
+
+
 def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     from ddn_policy.dense import DensePredictor
     from ddn_policy.dense.train import dataset_path
@@ -129,7 +153,7 @@ def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     s = cfg.suite
     data = data_settings(s)
     test = DenseDataset(dataset_path(data, "test"))
-    rows = []
+    rows = scene_checks(test, data["scene"]["size"])
     for task in s.tasks:
         predictors = {}
         for method in s.methods:
@@ -144,4 +168,4 @@ def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
         | {r["model"]: r["value"] for r in rows if (r["task"], r["metric"]) == (t, m)}
         for t, m in metrics
     ]
-    return rows, markdown_table(table, ["task", "metric", *s.methods])
+    return rows, markdown_table(table, ["task", "metric", "truth", *s.methods])
