@@ -70,7 +70,9 @@ def test_palette_colours_share_one_lightness_and_the_gray_input_hides_them(gener
 
 def test_dataset_round_trip_and_refusals(tmp_path):
     cfg = SceneConfig(size=16, max_objects=3)
+    (tmp_path / ".tmp-d.zarr-99999").mkdir()  # what a killed writer leaves
     path = write_dataset(tmp_path / "d.zarr", 5, cfg, seed=0, split="test", progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["d.zarr"]
     data = DenseDataset(path)
     assert len(data) == 5 and data.attrs["split"] == "test"
     sample = data[4]

@@ -8,10 +8,6 @@ cached as JSON beside it, keyed by the evaluation settings.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.evaluation.report import markdown_table
-from ddn_policy.utils.io import atomic_write_bytes, atomic_write_text, settings_key
+from ddn_policy.evaluation.runs import cached, train_once
+from ddn_policy.utils.io import atomic_write_bytes, settings_key
 
 
 def data_settings(s: DictConfig) -> dict:
@@ -49,19 +46,7 @@ def train_overrides(s: DictConfig, task: str, method: str) -> list[str]:
 def train(s: DictConfig, task: str, method: str) -> Path:
     overrides = train_overrides(s, task, method)
     run_dir = Path(s.cache_dir) / f"{task}-{method}-s{s.seed}-{settings_key({'o': overrides})}"
-    if not (run_dir / "train_summary.json").is_file():
-        command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides, f"out_dir={run_dir}"]
-        print(" ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(s.threads)})
-    return run_dir
-
-
-def cached(path: Path, compute):
-    if path.is_file():
-        return json.loads(path.read_text())
-    rows = compute()
-    atomic_write_text(path, json.dumps(rows, indent=2))
-    return rows
+    return train_once(run_dir, overrides, s.threads)
 
 
 def evaluate_run(s: DictConfig, task: str, method: str, run_dir: Path, test) -> list[dict]:

@@ -6,38 +6,23 @@ models, as flat rows in results.json plus picture sheets."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.evaluation.report import markdown_table
+from ddn_policy.evaluation.runs import cached, train_once
 from ddn_policy.images.train import grid, save_png
-from ddn_policy.utils.io import atomic_write_text, settings_key
+from ddn_policy.utils.io import settings_key
 
 
 def train(name: str, s: DictConfig) -> Path:
     settings = {"experiment": name, "steps": s.steps, "batch_size": s.batch_size, "seed": s.seed}
     run_dir = Path(s.cache_dir) / f"{name}-s{s.seed}-{settings_key(settings)}"
-    if not (run_dir / "train_summary.json").is_file():
-        command = [sys.executable, "-m", "ddn_policy.cli.train", f"experiment={name}"]
-        command += [f"{k}={v}" for k, v in settings.items() if k != "experiment"]
-        command.append(f"out_dir={run_dir}")
-        print(" ".join(command[2:]), flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(s.threads)})
-    return run_dir
-
-
-def cached(path: Path, compute):
-    """compute() once; its rows (and nothing else) kept as JSON beside the model."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    rows = compute()
-    atomic_write_text(path, json.dumps(rows, indent=2))
-    return rows
+    overrides = [f"experiment={name}"]
+    overrides += [f"{k}={v}" for k, v in settings.items() if k != "experiment"]
+    return train_once(run_dir, overrides, s.threads)
 
 
 def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddn_policy.models.action import preset_fields
-from ddn_policy.models.image import ConvResidual, ImageDDNConfig, image_ddn, norm
+from ddn_policy.models.image import ImageDDNConfig, UNetBlock, image_ddn, norm
 
 
 @dataclass
 class DenseDDNConfig:
     cond_channels: int = 3  # channels of the condition image (RGB 3, an RGB pair 6, gray 1)
-    encoder_width: int = 32  # encoder channels at full size (2x, 4x at 1/2, 1/4)
+    encoder_width: int = 32  # encoder channels at full size (2x at 1/2 and 1/4)
     features: int = 16  # encoder output channels handed to every decoder block
     ddn: ImageDDNConfig = field(default_factory=ImageDDNConfig)  # the DDL decoder
 
@@ -44,33 +42,17 @@ class DenseDDNConfig:
 
 
 class ConditionEncoder(nn.Module):
-    """(B, C_in, H, W) -> (B, features, H, W): a two-level U-Net."""
+    """(B, C_in, H, W) -> (B, features, H, W): the recurrent image DDN's two-level U-Net
+    block reading the condition image alone, then a 1x1 projection."""
 
     def __init__(self, cfg: DenseDDNConfig):
         super().__init__()
         w, g = cfg.encoder_width, cfg.ddn.groups
-        self.stem = nn.Conv2d(cfg.cond_channels, w, 3, padding=1)
-        self.enc0 = ConvResidual(w, g)
-        self.down1 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
-        self.enc1 = ConvResidual(2 * w, g)
-        self.down2 = nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1)
-        self.mid = ConvResidual(4 * w, g)
-        self.up2 = nn.Conv2d(6 * w, 2 * w, 3, padding=1)
-        self.dec1 = ConvResidual(2 * w, g)
-        self.up1 = nn.Conv2d(3 * w, w, 3, padding=1)
-        self.dec0 = ConvResidual(w, g)
+        self.unet = UNetBlock(w, cfg.cond_channels, 0, 0, g)
         self.out = nn.Sequential(norm(w, g), nn.SiLU(), nn.Conv2d(w, cfg.features, 1))
 
     def forward(self, image: Tensor) -> Tensor:
-        z0 = self.enc0(self.stem(image))  # (B, w, H, W)
-        z1 = self.enc1(self.down1(z0))  # (B, 2w, H/2, W/2)
-        z2 = self.mid(self.down2(z1))  # (B, 4w, H/4, W/4)
-        u1 = self.dec1(self.up2(_cat_up(z2, z1)))  # (B, 2w, H/2, W/2)
-        return self.out(self.dec0(self.up1(_cat_up(u1, z0))))  # (B, features, H, W)
-
-
-def _cat_up(coarse: Tensor, skip: Tensor) -> Tensor:
-    return torch.cat([F.interpolate(coarse, size=skip.shape[-2:], mode="nearest"), skip], 1)
+        return self.out(self.unet(None, image, None, None))  # (B, features, H, W)
 
 
 class DenseDDN(nn.Module):

@@ -69,8 +69,9 @@ def write_dataset(
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; remove it or choose another path")
+    for stale in path.parent.glob(f".tmp-{path.name}-*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     generator = SceneGenerator(cfg, seed)
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
