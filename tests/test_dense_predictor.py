@@ -44,8 +44,9 @@ def trained(scenes, tmp_path_factory):
             out = tmp_path_factory.mktemp(task)
             cfg = TrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5)
             Trainer(predictor, scenes, cfg, out).fit()
-            lines = (out / "log.jsonl").read_text().splitlines()
-            losses = [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+            records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+            # the L2 part (the prior's cross-entropy is on another scale)
+            losses = [sum(r["layer_losses"]) for r in records if "layer_losses" in r]
             cache[task] = (predictor.eval(), losses)
         return cache[task]
 
@@ -55,7 +56,7 @@ def trained(scenes, tmp_path_factory):
 @pytest.mark.parametrize("task", ["depth", "flow", "color"])
 def test_training_lowers_the_loss_and_predicts_in_task_units(scenes, trained, task):
     predictor, losses = trained(task)
-    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
     out = predictor.predict(batch_of(scenes, [0, 1]), n=4)
     channels = {"depth": 1, "flow": 2, "color": 3}[task]
     assert out["hypotheses"].shape == (2, 4, channels, SIZE, SIZE)

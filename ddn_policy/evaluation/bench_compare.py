@@ -52,7 +52,13 @@ def training_settings(s: DictConfig, task: str, demos: int, policy: str, seed: i
         "checkpoint_every": s.checkpoint_every,
         "seed": seed,
         "device": s.device,
-    }
+    } | balance_setting(s.get("balance_until", 1.0))
+
+
+def balance_setting(balance_until: float) -> dict:
+    """The split-and-prune horizon as a key entry: absent at the reference's 1.0, so runs
+    cached before the option existed keep their keys."""
+    return {} if balance_until == 1.0 else {"balance_until": balance_until}
 
 
 def overrides_of(settings: dict) -> list[str]:
@@ -67,6 +73,8 @@ def overrides_of(settings: dict) -> list[str]:
         f"demos.episodes={settings['demos']}",
         f"demos.seed={settings['demos_seed']}",
         f"train.checkpoint_every={settings['checkpoint_every']}",
+        # explicit, so a different ddn-train default cannot change a cached run's meaning
+        f"train.balance_until={settings.get('balance_until', 1.0)}",
         "eval.episodes=0",
     ]
     out += [f"policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]

@@ -35,6 +35,7 @@ def train_overrides(s: DictConfig, task: str, method: str) -> list[str]:
         f"experiment.data.train={data['train']}",
         f"experiment.data.test={data['test']}",
         f"experiment.data.root={data['root']}",
+        f"train.balance_until={s.balance_until}",
     ]
     out += [f"+experiment.data.scene.{k}={v}" for k, v in data["scene"].items() if k != "size"]
     out.append(f"experiment.data.scene.size={data['scene']['size']}")

@@ -201,6 +201,8 @@ def train_policy(task: str, demos: int, variant: dict, cfg: DictConfig, cache: P
         overrides.append(f"train.balance_until={variant['balance_until']}")
     suffix = variant_suffix(variant)
     name = f"{task.replace('/', '_')}-p{p}{suffix}-{settings_key({'o': overrides})}"
+    if variant["balance_until"] == 1.0:  # explicit, whatever ddn-train's default becomes
+        overrides.append("train.balance_until=1.0")
     run_dir = cache / name
     done = run_dir / "checkpoints" / "last" / "pretrained_model"
     if not done.is_dir():

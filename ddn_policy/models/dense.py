@@ -71,6 +71,12 @@ class DenseDDN(nn.Module):
         return self.ddn.sample(n, self.encoder(cond_image), guide, generator, top_k)
 
 
+# A conditional head samples from a learned selection prior, with per-sample chain
+# dropout and small refining heads: the DDN policy's defaults (ddn-bench suite=sampling);
+# uniform sampling picks candidates that no condition trained.
+CONDITIONAL = {"prior": True, "chain_dropout": 0.0, "chain_dropout_per_sample": 0.05,
+               "head_init": 0.01}  # fmt: skip
+
 # Sizes for 64x64 scenes on a CPU budget; any field can be overridden.
 DENSE_PRESETS: dict[str, dict] = {
     "tiny": {
@@ -91,6 +97,7 @@ def dense_preset(name: str, image_size: int = 64, channels: int = 1, **fields) -
     sizes = preset_fields(DENSE_PRESETS, name)
     levels = image_size.bit_length()  # resolutions 1..image_size; presets list 1..64
     ddn = {
+        **CONDITIONAL,
         **sizes["ddn"],
         "stages": sizes["ddn"]["stages"][:levels],
         "widths": sizes["ddn"]["widths"][:levels],
