@@ -90,6 +90,37 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
     return rows
 
 
+@torch.no_grad()
+def same_run_timing(run_dirs: dict[str, Path], s: DictConfig) -> list[dict]:
+    """Milliseconds per unconditional sample of every model, measured back to back in
+    this run (median of 3 batches after a warm-up), so speeds compare as ratios; the
+    per-evaluation timings above come from whenever each evaluation ran."""
+    from baselines.diffusion_image import DiffusionImageModel
+    from ddn_policy.evaluation.timing import median_seconds
+    from ddn_policy.images.generator import ImageGenerator
+
+    batch, rows = s.timing_batch, []
+    for name, run_dir in run_dirs.items():
+        saved = run_dir / "checkpoints" / "last" / "pretrained_model"
+        if json.loads((saved / "config.json").read_text())["name"] == "diffusion_image":
+            model = DiffusionImageModel.from_pretrained(saved)
+            calls = {
+                f"DDIM-{k}": (lambda k=k, model=model: model.sample(batch, k))
+                for k in s.eval.ddim_steps
+            }
+        else:
+            generator = ImageGenerator.from_pretrained(saved)
+            if generator.conditional:
+                continue
+            calls = {"DDN": lambda generator=generator: generator.sample(batch)}
+        for sampler, fn in calls.items():
+            ms = 1000 * median_seconds(fn, warmup=1, calls=3) / batch
+            rows.append(
+                {"model": name, "sampler": sampler, "metric": "ms_per_image_same_run", "value": ms}
+            )
+    return rows
+
+
 def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     from ddn_policy.images.classifier import accuracy, cached_classifier
     from ddn_policy.images.metrics import nearest_distance
@@ -104,11 +135,12 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     for role, net in (("guide classifier", classifier), ("judge classifier", judge)):
         value = accuracy(net, data[1].images, data[1].labels)
         rows.append({"model": role, "metric": "test_accuracy", "value": value})
-    for name in s.experiments:
-        run_dir = train(name, s)
+    run_dirs = {name: train(name, s) for name in s.experiments}
+    for name, run_dir in run_dirs.items():
         rows += [
             r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
         ]
+    rows += same_run_timing(run_dirs, s)
     columns = ["model", "task", "samples", "sampler", "metric", "value"]
     shown = [r for r in rows if r["metric"] != "dead_node_fraction"]
     return rows, markdown_table(shown, columns)
