@@ -147,7 +147,8 @@ def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
             rows += evaluate_run(s, task, method, run_dir, test)
             path = run_dir / "checkpoints/last/pretrained_model"
             predictors[method] = DensePredictor.from_pretrained(path)
-        picture(s, task, predictors, test)
+        if predictors:  # suite.methods=[] scores the scenes' own checks only
+            picture(s, task, predictors, test)
     metrics = sorted({(r["task"], r["metric"]) for r in rows})
     table = [
         {"task": t, "metric": m}
