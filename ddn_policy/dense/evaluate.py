@@ -68,6 +68,12 @@ def point_rows(task: str, point: Tensor, truth: Tensor, mask: Tensor) -> dict[st
     return {"psnr": float(psnr(point, truth, peak=1.0).mean())}
 
 
+def stroke_error(pred: Tensor, truth: Tensor, alpha: Tensor) -> float:
+    """Alpha-weighted mean absolute colour error: how well strokes are respected."""
+    diff = (pred - truth).abs().mean(1, keepdim=True)
+    return float((alpha * diff).sum() / alpha.sum())
+
+
 @torch.no_grad()
 def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[dict]:
     """cfg: images, batch, hypotheses, depth_points, strokes, guided (bool)."""
@@ -108,10 +114,8 @@ def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[
                 scores[f"guided_{k}"] = v
             if task == "color":
                 alpha = guide.weighted[:, 3:]
-                diff = (steered["point"] - truth).abs().mean(1, keepdim=True)
-                free = (point - truth).abs().mean(1, keepdim=True)
-                scores["stroke_error_guided"] = float((alpha * diff).sum() / alpha.sum())
-                scores["stroke_error_free"] = float((alpha * free).sum() / alpha.sum())
+                scores["stroke_error_guided"] = stroke_error(steered["point"], truth, alpha)
+                scores["stroke_error_free"] = stroke_error(point, truth, alpha)
         for k, v in scores.items():  # weighted by images, so batches of any size average
             sums[k] = sums.get(k, 0.0) + v * truth.shape[0]
     rows = [{"metric": k, "value": v / images} for k, v in sums.items()]

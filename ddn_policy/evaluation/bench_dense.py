@@ -50,13 +50,17 @@ def train(s: DictConfig, task: str, method: str) -> Path:
     return train_once(run_dir, overrides, s.threads)
 
 
-def evaluate_run(s: DictConfig, task: str, method: str, run_dir: Path, test) -> list[dict]:
-    from ddn_policy.dense import DensePredictor
+def hypotheses(s: DictConfig, method: str) -> int:
+    """Samples per image: the diffusion ensemble's size, or the DDN's K draws."""
+    return s.eval.ensemble if method == "diffusion" else s.eval.k
+
+
+def evaluate_run(s: DictConfig, task: str, method: str, predictor, run_dir: Path, test):
+    """The cached evaluation rows of one trained predictor."""
     from ddn_policy.dense.evaluate import evaluate
 
-    predictor = DensePredictor.from_pretrained(run_dir / "checkpoints/last/pretrained_model")
     eval_cfg = OmegaConf.to_container(s.eval, resolve=True)
-    eval_cfg["hypotheses"] = eval_cfg["ensemble"] if method == "diffusion" else eval_cfg["k"]
+    eval_cfg["hypotheses"] = hypotheses(s, method)
     key = settings_key(eval_cfg)
     rows = cached(run_dir / f"eval-{key}.json", lambda: evaluate(predictor, test, eval_cfg))
     if task == "depth" and s.middlebury:
@@ -96,8 +100,8 @@ def picture(s: DictConfig, task: str, predictors: dict, test) -> None:
     )
     rows = []
     for method, predictor in predictors.items():
-        n = s.eval.ensemble if method == "diffusion" else s.eval.k
-        out = predictor.predict(batch, n=n, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        out = predictor.predict(batch, n=hypotheses(s, method), generator=gen)
         rows.append(method_row(task, image, truth[0], {k: v[0] for k, v in out.items()}))
     import imageio.v3 as iio
 
@@ -114,18 +118,16 @@ def scene_checks(test, size: int) -> list[dict]:
     from tasks.dense.checks import sphere_residual
     from tasks.dense.flow import photometric_error
 
-    truth, zero = [], []
+    truth, zero, visible = [], [], []
     for i in range(len(test)):
         x = test[i]
         truth.append(photometric_error(x["rgb"], x["rgb2"], x["flow"], x["flow_valid"]))
         zero.append(photometric_error(x["rgb"], x["rgb2"], 0 * x["flow"], x["flow_valid"]))
-    visible = np.mean(
-        [test[i]["flow_valid"].sum() / test[i]["valid"].sum() for i in range(len(test))]
-    )
+        visible.append(x["flow_valid"].sum() / x["valid"].sum())
     found = {
         "photometric_error_true_flow": float(np.nanmean(truth)),
         "photometric_error_zero_flow": float(np.nanmean(zero)),
-        "visible_in_frame2": float(visible),
+        "visible_in_frame2": float(np.mean(visible)),
         "sphere_residual_over_radius": sphere_residual(size),
     }
     return [{"task": "scenes", "model": "truth", "metric": k, "value": v} for k, v in found.items()]
@@ -144,9 +146,9 @@ def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
         predictors = {}
         for method in s.methods:
             run_dir = train(s, task, method)
-            rows += evaluate_run(s, task, method, run_dir, test)
             path = run_dir / "checkpoints/last/pretrained_model"
             predictors[method] = DensePredictor.from_pretrained(path)
+            rows += evaluate_run(s, task, method, predictors[method], run_dir, test)
         if predictors:  # suite.methods=[] scores the scenes' own checks only
             picture(s, task, predictors, test)
     metrics = sorted({(r["task"], r["metric"]) for r in rows})
