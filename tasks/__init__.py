@@ -1,6 +1,7 @@
 """What we train on: environments, scripted experts, task specs.
 
-`get_task("metaworld/push")`, `get_task("obstacle-reach")`; `known_tasks()` lists all.
+`get_task("metaworld/push")`, `get_task("obstacle-reach")`,
+`get_task("metaworld-hard/push", noise="high")`; `known_tasks()` lists all.
 """
 
 from __future__ import annotations
@@ -8,16 +9,30 @@ from __future__ import annotations
 from tasks.spec import Expert, TaskSpec
 
 METAWORLD_PREFIX = "metaworld/"
+HARD_PREFIX = "metaworld-hard/"
 
 
 def known_tasks() -> list[str]:
     from tasks.metaworld import task_names
+    from tasks.metaworld_hard import task_names as hard_names
 
-    return ["obstacle-reach"] + [METAWORLD_PREFIX + n for n in task_names()]
+    return (
+        ["obstacle-reach"]
+        + [METAWORLD_PREFIX + n for n in task_names()]
+        + [HARD_PREFIX + n for n in hard_names()]
+    )
 
 
-def get_task(name: str) -> TaskSpec:
-    """The TaskSpec for a task name; unknown names raise ValueError listing known ones."""
+def get_task(name: str, **options) -> TaskSpec:
+    """The TaskSpec for a task name; unknown names raise ValueError listing known ones.
+    `options` (strategy, noise, starts) select a variant of a metaworld-hard task."""
+    if name.startswith(HARD_PREFIX):
+        from tasks.metaworld_hard import hard_spec, task_names
+
+        if name.removeprefix(HARD_PREFIX).split(":")[0] in task_names():
+            return hard_spec(name, **options)
+    elif options:
+        raise ValueError(f"task {name!r} takes no options, got {options}; {HARD_PREFIX}* do")
     if name == "obstacle-reach":
         from tasks.obstacle_reach import obstacle_reach_spec
 

@@ -48,8 +48,8 @@ def rollout_expert(
         "reward": np.asarray(rows["reward"], dtype=np.float32),
         "success": np.asarray(rows["success"], dtype=bool),
     }
-    if spec.has_route:
-        episode["route"] = np.full(len(rows["obs"]), expert.strategy, dtype=np.int8)
+    if expert.num_strategies > 1:  # the strategy the expert committed to, per step
+        episode["strategy"] = np.full(len(rows["obs"]), expert.strategy, dtype=np.int8)
     return episode, held >= spec.success_hold
 
 
@@ -95,7 +95,7 @@ def collect_demos(
             writer.add_episode(episode)
             writer.attrs["next_demo_start"] = first + attempted
             kept += 1
-            if spec.has_route:
+            if expert.num_strategies > 1:
                 routes[int(expert.strategy)] = routes.get(int(expert.strategy), 0) + 1
             bar.update(1)
         bar.set_postfix(expert_success=f"{kept / attempted:.2f}")

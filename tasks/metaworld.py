@@ -35,13 +35,17 @@ class MetaWorldEnv(gym.Wrapper):
         width: int = 256,
         height: int = 256,
         max_episode_steps: int = MAX_STEPS,
+        model_path: str | None = None,
     ):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS, MT50_V3_ARGS_KWARGS
 
         key = f"{task}-v3"
         if key not in ALL_V3_ENVIRONMENTS:
             raise ValueError(f"unknown Meta-World task {task!r}; known: {', '.join(task_names())}")
-        env = ALL_V3_ENVIRONMENTS[key](
+        env_class = ALL_V3_ENVIRONMENTS[key]
+        if model_path is not None:  # the same task in a modified scene (tasks/metaworld_hard.py)
+            env_class = type(env_class.__name__, (env_class,), {"model_name": model_path})
+        env = env_class(
             render_mode=render_mode, camera_name=camera_name, width=width, height=height
         )
         kwargs = dict(MT50_V3_ARGS_KWARGS[key]["kwargs"])

@@ -11,12 +11,12 @@ from ddn_policy.evaluation import bench_compare
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
-def suite_config(tmp_path, *overrides):
+def suite_config(tmp_path, *overrides, suite="multimodal"):
     with initialize_config_dir(os.path.abspath(CONFIGS), version_base="1.3"):
         return compose(
             "bench",
             overrides=[
-                "suite=multimodal",
+                f"suite={suite}",
                 "suite.preset=tiny",
                 "suite.steps=20",
                 "suite.checkpoint_every=10",
@@ -25,7 +25,7 @@ def suite_config(tmp_path, *overrides):
                 "suite.periodic_episodes=2",
                 "suite.num_envs=2",
                 "suite.seeds=[0]",
-                "suite.demos=[10]",
+                *(["suite.demos=[10]"] if suite == "multimodal" else []),
                 "suite.run_methods=[mse]",
                 "suite.threads=1",
                 f"suite.cache_dir={tmp_path / 'cache'}",
@@ -57,3 +57,27 @@ def test_unknown_methods_and_policies_are_refused(tmp_path):
         bench_compare.compare(suite_config(tmp_path, "suite.run_methods=[dp]"))
     with pytest.raises(ValueError, match="method 'x' has policy='dp'; known: ddn, diffusion, mse"):
         bench_compare.compare(suite_config(tmp_path, "+suite.methods.x={policy: dp}"))
+
+
+def test_settings_share_trainings_and_label_rows(tmp_path, monkeypatch):
+    """metaworld-hard: the ood setting evaluates the multi-strategy trainings on new
+    starts; rows carry the setting and the demonstrations' strategy mix."""
+    monkeypatch.chdir(tmp_path)
+    cfg = suite_config(
+        tmp_path,
+        "suite.tasks=[metaworld-hard/reach]",
+        "suite.run_settings=[multi-strategy,ood]",
+        "suite.settings.multi-strategy.demos=2",
+        "suite.settings.ood.demos=2",
+        "suite.steps=10",
+        suite="metaworld-hard",
+    )
+    rows, table = bench_compare.compare(cfg)
+    plain, ood = rows
+    assert (plain["setting"], ood["setting"]) == ("multi-strategy", "ood")
+    assert plain["config_hash"] == ood["config_hash"]  # one training, two evaluations
+    assert plain["demo_route0"] == 0.5
+    assert "| ood | metaworld-hard/reach | mse | 1 |" in table
+    settings = bench_compare.training_settings(cfg.suite, "t", 10, "mse", 0, {"noise": "high"})
+    assert "task.noise=high" in bench_compare.overrides_of(settings)
+    assert "task_options" not in bench_compare.training_settings(cfg.suite, "t", 10, "mse", 0)

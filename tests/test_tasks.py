@@ -74,10 +74,10 @@ def test_demos_are_successful_balanced_and_appendable(tmp_path):
     report = collect_demos(spec, ReplayBufferWriter(path), episodes=6, seed=0, progress=False)
     assert report.kept == 6 and report.expert_success > 0.9
     assert report.route_counts == {0: 3, 1: 3}
-    buf = ReplayBuffer(path, required_keys=("obs", "action", "reward", "success", "route"))
+    buf = ReplayBuffer(path, required_keys=("obs", "action", "reward", "success", "strategy"))
     for e in range(buf.num_episodes):
         ep = buf.episode(e)
-        assert ep["success"][-1] and len(set(ep["route"].tolist())) == 1
+        assert ep["success"][-1] and len(set(ep["strategy"].tolist())) == 1
     first_obs = buf["obs"][0].copy()
     collect_demos(spec, ReplayBufferWriter(path, "append"), 2, seed=0, progress=False)
     buf = ReplayBuffer(path)

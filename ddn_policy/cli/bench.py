@@ -65,6 +65,7 @@ def fastpath(cfg: DictConfig) -> tuple[dict, str]:
 SUITES = {
     "fastpath": fastpath,
     "experts": experts,
+    "experts-hard": experts,
     "runner": runner_overhead,
     "ddn_latency": ddn_latency,
     "sampling": sampling_ablation,
@@ -75,6 +76,7 @@ SUITES = {
 COMPARISONS = {
     "multimodal": (compare, comparison_plots),
     "metaworld": (compare, comparison_plots),
+    "metaworld-hard": (compare, comparison_plots),
     "latency": (method_latency, comparison_plots),
     "images": (images_suite, None),  # its picture sheets are written while it runs
     "dense": (dense_suite, None),  # likewise

@@ -31,11 +31,13 @@ from tasks import TaskSpec, get_task
 from tasks.demos import collect_demos
 
 HORIZON_KEYS = ("obs_horizon", "pred_horizon", "action_horizon", "max_episode_steps")
+VARIANT_KEYS = ("strategy", "noise", "starts")  # options of metaworld-hard tasks
 
 
 def task_from_config(node) -> TaskSpec:
-    """The task's spec, with any horizon the task config overrides."""
-    spec = get_task(node.name)
+    """The task's spec (a variant where the config has options), with any horizon the
+    task config overrides."""
+    spec = get_task(node.name, **{k: node[k] for k in VARIANT_KEYS if k in node})
     return replace(spec, **{k: node[k] for k in HORIZON_KEYS if k in node})
 
 
@@ -43,7 +45,7 @@ def demos_path(cfg: DictConfig, spec: TaskSpec, world: World | None = None) -> P
     if cfg.demos.path:
         return Path(cfg.demos.path)
     noise = "" if cfg.demos.noise is None else f"-noise{cfg.demos.noise}"
-    safe = spec.name.replace("/", "_")
+    safe = spec.name.replace("/", "_").replace(":", "_")
     path = Path("data") / f"{safe}-demos{cfg.demos.episodes}-seed{cfg.demos.seed}{noise}.zarr"
     if world is not None and world.distributed:  # rank 0 writes, the others wait for it
         if world.is_main:

@@ -1,4 +1,10 @@
-"""`ddn-bench suite=multimodal|metaworld`: DDN against Diffusion Policy and regression.
+"""`ddn-bench suite=multimodal|metaworld|metaworld-hard`: DDN against Diffusion Policy
+and regression.
+
+Settings (metaworld-hard): a suite may name `settings`, each a number of demonstrations,
+task options for training (e.g. expert noise) and task options for evaluation only (e.g.
+out-of-distribution starts); rows then carry `setting`, and the loops run seed by seed,
+so a partial run has every setting of the first seed.
 
 Fairness: for each (task, demos) one demonstration set (seed `demos_seed`) serves every
 method and training seed; every method trains with the same steps and batch through
@@ -38,21 +44,28 @@ def check_methods(methods: dict) -> None:
             )
 
 
-def training_settings(s: DictConfig, task: str, demos: int, policy: str, seed: int) -> dict:
+def training_settings(
+    s: DictConfig, task: str, demos: int, policy: str, seed: int, task_options: dict | None = None
+) -> dict:
     """Everything that shapes one training: the key of its cache directory."""
-    return {
-        "task": task,
-        "demos": demos,
-        "demos_seed": s.demos_seed,
-        "policy": policy,
-        "preset": s.preset,
-        "policy_overrides": OmegaConf.to_container(s.policy_overrides).get(policy, {}),
-        "steps": s.steps,
-        "batch_size": s.batch_size,
-        "checkpoint_every": s.checkpoint_every,
-        "seed": seed,
-        "device": s.device,
-    } | balance_setting(s.get("balance_until", 1.0))
+    options = {"task_options": task_options} if task_options else {}  # keys unchanged without
+    return (
+        options
+        | {
+            "task": task,
+            "demos": demos,
+            "demos_seed": s.demos_seed,
+            "policy": policy,
+            "preset": s.preset,
+            "policy_overrides": OmegaConf.to_container(s.policy_overrides).get(policy, {}),
+            "steps": s.steps,
+            "batch_size": s.batch_size,
+            "checkpoint_every": s.checkpoint_every,
+            "seed": seed,
+            "device": s.device,
+        }
+        | balance_setting(s.get("balance_until", 1.0))
+    )
 
 
 def balance_setting(balance_until: float) -> dict:
@@ -78,6 +91,7 @@ def overrides_of(settings: dict) -> list[str]:
         "eval.episodes=0",
     ]
     out += [f"policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]
+    out += [f"task.{k}={v}" for k, v in settings.get("task_options", {}).items()]
     return out
 
 
@@ -93,7 +107,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def train(settings: dict, cache: Path, threads: int) -> Path:
     """Run (or resume) one training in a subprocess; returns its directory."""
-    name = f"{settings['task'].replace('/', '_')}-{settings['policy']}-d{settings['demos']}"
+    task = settings["task"].replace("/", "_")
+    name = f"{task}-{settings['policy']}-d{settings['demos']}"
     run_dir = cache / f"{name}-s{settings['seed']}-{settings_key(settings)}"
     if (run_dir / "train.json").is_file():
         return run_dir
@@ -127,10 +142,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(steps, key=lambda p: int(p.name))
 
 
-def evaluate(ckpt: Path, method: dict, spec, episodes: int, s: DictConfig) -> dict:
-    """One cached evaluation of a checkpoint with a method's inference settings."""
+def evaluate(
+    ckpt: Path, method: dict, spec, episodes: int, s: DictConfig, eval_options: dict | None = None
+) -> dict:
+    """One cached evaluation of a checkpoint with a method's inference settings (and the
+    task options that apply to evaluation only, e.g. out-of-distribution starts)."""
     inference = method.get("inference", {})
-    tag = "-".join(f"{k}{v}" for k, v in sorted(inference.items())) or "default"
+    tagged = inference | (eval_options or {})
+    tag = "-".join(f"{k}{v}" for k, v in sorted(tagged.items())) or "default"
     path = ckpt / f"eval-{tag}-{episodes}-{s.eval_seed}.json"
     if not path.is_file():
         from ddn_policy.evaluation.runner import run as run_episodes
@@ -145,17 +164,46 @@ def evaluate(ckpt: Path, method: dict, spec, episodes: int, s: DictConfig) -> di
     return json.loads(path.read_text())
 
 
-def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: dict, s, cache):
+def demo_strategy_mix(settings: dict, spec) -> float | None:
+    """Share of strategy 0 in the training's demonstrations (None without strategies)."""
+    from ddn_policy.cli.train import demos_path
+    from ddn_policy.data import ReplayBuffer
+
+    demos = {"path": None, "episodes": settings["demos"], "seed": settings["demos_seed"]}
+    path = demos_path(OmegaConf.create({"demos": demos | {"noise": None}}), spec)
+    buffer = ReplayBuffer(path, required_keys=("obs",))
+    if "strategy" not in buffer.keys:
+        return None
+    firsts = [int(buffer.episode(i)["strategy"][0]) for i in range(buffer.num_episodes)]
+    return firsts.count(0) / len(firsts)
+
+
+def method_row(
+    suite: str,
+    task: str,
+    demos: int,
+    seed: int,
+    name: str,
+    method: dict,
+    s,
+    cache,
+    setting: dict | None = None,
+):
+    """One (task, demos, seed, method) row; `setting` = {name, task: training options,
+    eval: evaluation-only options} for suites with settings."""
     from tasks import get_task
 
-    spec = get_task(task)
-    settings = training_settings(s, task, demos, method["policy"], seed)
+    setting = setting or {}
+    task_options, eval_options = setting.get("task", {}), setting.get("eval", {})
+    train_spec = get_task(task, **task_options)
+    spec = get_task(task, **task_options, **eval_options)
+    settings = training_settings(s, task, demos, method["policy"], seed, task_options)
     eval_settings = {
         "inference": method.get("inference", {}),
         "episodes": s.episodes,
         "periodic_episodes": s.periodic_episodes,
         "eval_seed": s.eval_seed,
-    }
+    } | ({"eval_options": eval_options} if eval_options else {})
     run_dir = train(settings, cache, s.threads)
     summary_path = run_dir / f"summary-{name}-{settings_key(eval_settings)}.json"
     if summary_path.is_file():
@@ -165,10 +213,13 @@ def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: 
     periodic, final = [], None
     for ckpt in ckpts:
         last = ckpt == ckpts[-1]
-        agg = evaluate(ckpt, method, spec, s.episodes if last else s.periodic_episodes, s)
+        episodes = s.episodes if last else s.periodic_episodes
+        agg = evaluate(ckpt, method, spec, episodes, s, eval_options)
         periodic.append(agg["pc_success"] / 100)
         final = agg if last else final
-        print(f"{task} {name} seed {seed} step {int(ckpt.name)}: {periodic[-1]:.2f}", flush=True)
+        print(
+            f"{spec.name} {name} seed {seed} step {int(ckpt.name)}: {periodic[-1]:.2f}", flush=True
+        )
     row = {
         "suite": suite,
         "task": task,
@@ -183,10 +234,15 @@ def method_row(suite: str, task: str, demos: int, seed: int, name: str, method: 
         "device": settings["device"],
         "config_hash": settings_key(settings),
     }
+    if "name" in setting:
+        row["setting"] = setting["name"]
     if spec.has_route:
         row.update({f"route{k}": v for k, v in final["route_frequencies"].items()})
         row["switch_rate"] = final["switch_rate"]
         row["collision_rate"] = final["collision_rate"]
+        mix = demo_strategy_mix(settings, train_spec)
+        if mix is not None:
+            row["demo_route0"] = mix
     atomic_write_text(summary_path, json.dumps(row, indent=2))
     return row
 
@@ -202,15 +258,41 @@ def compare(cfg: DictConfig) -> tuple[list[dict], str]:
     cache = Path(s.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
-    for task in s.tasks:
-        for demos in s.demos:
-            for seed in s.seeds:
-                for name in s.run_methods:
-                    method = methods[name]
-                    rows.append(method_row(s.name, task, demos, seed, name, method, s, cache))
-    fields = ["success", "success_top5", "route0", "route1", "switch_rate", "train_s_per_step"]
-    table = markdown_table(
-        aggregate(rows, ["task", "demos", "method"], fields),
-        ["task", "demos", "method", "seeds", *fields],
-    )
+    if "settings" in s:  # seed by seed, every setting of a seed before the next seed
+        settings = OmegaConf.to_container(s.settings)
+        unknown = [n for n in s.run_settings if n not in settings]
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {', '.join(settings)}")
+        for seed in s.seeds:
+            for setting_name in s.run_settings:
+                setting = {"name": setting_name} | settings[setting_name]
+                for task in s.tasks:
+                    for name in s.run_methods:
+                        rows.append(
+                            method_row(
+                                s.name,
+                                task,
+                                setting["demos"],
+                                seed,
+                                name,
+                                methods[name],
+                                s,
+                                cache,
+                                setting,
+                            )
+                        )
+        groups, fields = ["setting", "task", "method"], HARD_FIELDS
+    else:
+        for task in s.tasks:
+            for demos in s.demos:
+                for seed in s.seeds:
+                    for name in s.run_methods:
+                        method = methods[name]
+                        rows.append(method_row(s.name, task, demos, seed, name, method, s, cache))
+        groups = ["task", "demos", "method"]
+        fields = ["success", "success_top5", "route0", "route1", "switch_rate", "train_s_per_step"]
+    table = markdown_table(aggregate(rows, groups, fields), [*groups, "seeds", *fields])
     return rows, table
+
+
+HARD_FIELDS = ["success", "route0", "demo_route0", "switch_rate", "collision_rate"]

@@ -101,22 +101,23 @@ def comparison_plots(results_dir: Path, rows: list[dict]) -> list[Path]:
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
         return written
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    group = "setting" if "setting" in rows[0] else "task"  # metaworld-hard: by setting
+    groups = list(dict.fromkeys(r[group] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(tasks)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(groups)), 3.5))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        mine = _by([r for r in rows if r["method"] == method], "task")
-        means = [np.mean([r["success"] for r in mine.get(t, [])] or [np.nan]) for t in tasks]
-        stds = [np.std([r["success"] for r in mine.get(t, [])] or [np.nan]) for t in tasks]
-        ax.bar(np.arange(len(tasks)) + i * width, means, width, yerr=stds, label=method)
-    short = [t.split("/")[-1] for t in tasks]
-    ax.set_xticks(np.arange(len(tasks)) + width * (len(methods) - 1) / 2, short, rotation=20)
+        mine = _by([r for r in rows if r["method"] == method], group)
+        means = [np.mean([r["success"] for r in mine.get(g, [])] or [np.nan]) for g in groups]
+        stds = [np.std([r["success"] for r in mine.get(g, [])] or [np.nan]) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=method)
+    short = [g.split("/")[-1] for g in groups]
+    ax.set_xticks(np.arange(len(groups)) + width * (len(methods) - 1) / 2, short, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success (final checkpoint)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    written.append(results_dir / "success_by_task.png")
+    written.append(results_dir / f"success_by_{group}.png")
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
     if LATENCY_RESULTS.is_file():
