@@ -303,4 +303,5 @@ def hard_spec(name: str, **options) -> TaskSpec:
         max_episode_steps=MAX_STEPS,
         success_hold=3,
         has_route=True,
+        obstacle=lambda obs: (pillar_xy(variant.task, obs), PILLAR_RADIUS, np.array([-1.0, 0.0])),
     )

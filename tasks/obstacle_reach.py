@@ -20,6 +20,7 @@ XML_PATH = str(Path(__file__).parent / "assets" / "obstacle_reach.xml")
 ENV_ID = "ddn/ObstacleReach-v0"
 MAX_STEPS = 100  # 5 s at 20 Hz; the scripted expert needs 50-65 steps
 GOAL_RADIUS = 0.06  # success when the disc centre is this close to the goal
+PILLAR_RADIUS = 0.22  # as in assets/obstacle_reach.xml
 ROUTE_ZONE = 0.35  # |x - pillar x| inside which the side of the pillar names the route
 ROUTE_DEADBAND = 0.05  # |y - pillar y| below which the side is not yet decided
 LEFT, RIGHT, UNDECIDED = 0, 1, -1
@@ -159,4 +160,5 @@ def obstacle_reach_spec() -> TaskSpec:
         has_route=True,
         hand_obs=(0, 2),
         action_to_position=0.05,  # top speed ~1 m/s per unit action, 20 Hz control
+        obstacle=lambda obs: (obs[6:8], PILLAR_RADIUS, np.array([0.0, 1.0])),  # left = +y
     )

@@ -41,6 +41,9 @@ class TaskSpec:
     has_route: bool = False  # info["route"] exists (multimodal tasks)
     hand_obs: tuple[int, int] = (0, 3)  # obs[a:b] is the hand (end-effector) position
     action_to_position: float = 0.01  # hand displacement per unit of action, per step
+    # route tasks: first observation -> (obstacle centre xy, radius, unit xy vector towards
+    # the route-0 side); pictures use it to draw the obstacle and name undecided sides
+    obstacle: Callable[[np.ndarray], tuple[np.ndarray, float, np.ndarray]] | None = None
 
     def __post_init__(self):
         if not 1 <= self.action_horizon <= self.pred_horizon - self.obs_horizon + 1:

@@ -16,7 +16,7 @@ from tasks import TaskSpec  # noqa: E402
 from tasks.spec import eval_seed  # noqa: E402
 
 ROUTE_COLOURS = {0: "tab:blue", 1: "tab:orange", -1: "0.5"}
-SIDE_DEADBAND = 0.05  # |y - pillar y| under which a path heads at the pillar (grey)
+SIDE_DEADBAND = 0.25  # sideways offset, in obstacle radii, under which a path heads at it
 
 
 def hypotheses_picture(policy, spec: TaskSpec, path: Path, n: int = 64, seed: int = 0) -> dict:
@@ -40,25 +40,24 @@ def hypotheses_picture(policy, spec: TaskSpec, path: Path, n: int = 64, seed: in
             route = step_info.get("route", -1)
             if terminated or truncated:
                 break
-        if spec.has_route and route < 0:
-            dy = xy[-1][1] - obs[7]  # obstacle-reach obs[6:8] is the pillar
-            route = -1 if abs(dy) < SIDE_DEADBAND else int(dy < 0)
+        if spec.obstacle is not None and route < 0:  # the side it is heading to
+            centre, radius, left = spec.obstacle(obs)
+            side = (xy[-1] - centre) @ left
+            route = -1 if abs(side) < SIDE_DEADBAND * radius else int(side < 0)
         paths.append(np.array(xy))
         routes.append(int(route))
     env.close()
     fig, ax = plt.subplots(figsize=(5, 5))
-    if spec.has_route:
-        pillar, goal = obs[6:8], obs[4:6]
-        ax.add_patch(plt.Circle(pillar, 0.22, color="tab:red", alpha=0.5))
-        ax.add_patch(plt.Circle(goal, 0.06, color="tab:green", alpha=0.6))
+    if spec.obstacle is not None:
+        centre, radius, _ = spec.obstacle(obs)
+        ax.add_patch(plt.Circle(centre, radius, color="tab:red", alpha=0.5))
     for p, r in zip(paths, routes, strict=True):
         ax.plot(p[:, 0], p[:, 1], color=ROUTE_COLOURS.get(r, "0.5"), alpha=0.6, lw=1)
     ax.plot(*obs[lo : lo + 2], "ko")
     counts = {r: routes.count(r) for r in sorted(set(routes))}
     ax.set_title(f"{n} hypotheses, one forward; routes {counts}", fontsize=9)
     ax.set_aspect("equal")
-    ax.set_xlim(-1.1, 1.1) if spec.has_route else None
-    ax.set_ylim(-1.1, 1.1) if spec.has_route else None
+    ax.autoscale_view()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -95,7 +95,7 @@ def summary_line(task: TaskSpec, agg: dict) -> str:
     line = f"success {agg['pc_success'] / 100:.2f} over {agg['n_episodes']} episodes"
     if task.has_route:
         split = ", ".join(f"route {k}: {v:.2f}" for k, v in agg["route_frequencies"].items())
-        line += f"; {split}; switch rate {agg['switch_rate']:.2f}"
+        line += f"; {split or 'no route decided'}; switch rate {agg['switch_rate']:.2f}"
     return line
 
 
