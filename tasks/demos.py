@@ -75,9 +75,11 @@ def collect_demos(
     first = int(writer.attrs.get("next_demo_start", 0))  # starts a previous run used
     bar = tqdm(total=episodes, desc=f"demos {spec.name}", disable=not progress)
     # Multimodal experts draw each strategy with probability 1/K, in shuffled blocks of
-    # K episodes, so the demonstrations are balanced rather than balanced on average.
+    # K episodes, so the demonstrations are balanced rather than balanced on average;
+    # with paired_starts a block's episodes share one start.
     schedule = np.random.default_rng(seed + first)
     block: list[int] = []
+    block_start = first
     while kept < episodes:
         if attempted >= max_attempts:
             raise RuntimeError(
@@ -86,9 +88,12 @@ def collect_demos(
             )
         strategy = None
         if expert.num_strategies > 1:
-            block = block or schedule.permutation(expert.num_strategies).tolist()
+            if not block:
+                block = schedule.permutation(expert.num_strategies).tolist()
+                block_start = first + attempted
             strategy = block.pop()
-        start = demo_seed(seed, first + attempted)
+        paired = spec.paired_starts and strategy is not None
+        start = demo_seed(seed, block_start if paired else first + attempted)
         episode, ok = rollout_expert(spec, env, expert, start, strategy)
         attempted += 1
         if ok:

@@ -5,9 +5,11 @@ Clean scripted demonstrations are nearly unimodal, so every method scores near 1
 - **Two strategies.** A pillar stands on the table halfway between the hand's start and
   the first thing the hand must reach (the object, the goal or the button). The expert
   commits per episode to passing it on the left (strategy 0) or on the right (1) through
-  a via-point, then hands over to Meta-World's scripted policy. A policy that averages
-  the two strategies drives into the pillar; touching it with the robot ends the episode
-  as a failure. The pillar is not in the 39-D observation, but its place is a fixed
+  a via-point, then hands over to Meta-World's scripted policy. Demonstrations show both
+  strategies from every start (`TaskSpec.paired_starts`): with a few demonstrations at
+  distinct starts a regressor would otherwise learn the start -> strategy map and never
+  face two answers for one state. A policy that averages the two strategies drives into
+  the pillar; touching it with the robot ends the episode as a failure. The pillar is not in the 39-D observation, but its place is a fixed
   function of the first observation (hand start and target), which the policy sees.
   `info["route"]` is the side the hand passed on (-1 before it reaches the pillar).
 - **Messy demonstrations.** `noise=low|high` adds temporally correlated
@@ -303,5 +305,6 @@ def hard_spec(name: str, **options) -> TaskSpec:
         max_episode_steps=MAX_STEPS,
         success_hold=3,
         has_route=True,
+        paired_starts=variant.strategy is None,  # one strategy: no pairs to show
         obstacle=lambda obs: (pillar_xy(variant.task, obs), PILLAR_RADIUS, np.array([-1.0, 0.0])),
     )

@@ -39,6 +39,9 @@ class TaskSpec:
     action_horizon: int = 8  # Ta: actions executed per chunk
     success_hold: int = 1  # demonstrations keep episodes whose success held this many steps
     has_route: bool = False  # info["route"] exists (multimodal tasks)
+    # demonstrations show every strategy from each start, so the data is multimodal at
+    # the same state (otherwise a few demonstrations let the start decide the strategy)
+    paired_starts: bool = False
     hand_obs: tuple[int, int] = (0, 3)  # obs[a:b] is the hand (end-effector) position
     action_to_position: float = 0.01  # hand displacement per unit of action, per step
     # route tasks: first observation -> (obstacle centre xy, radius, unit xy vector towards

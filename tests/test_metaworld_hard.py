@@ -93,3 +93,18 @@ def test_noisy_expert_is_correlated_pauses_and_still_succeeds(tmp_path):
     report = collect_demos(noisy, ReplayBufferWriter(tmp_path / "d.zarr"), 2, 0, progress=False)
     assert report.kept == 2
     assert "strategy" in ReplayBuffer(tmp_path / "d.zarr").keys
+
+
+def test_demonstrations_show_both_strategies_from_each_start(tmp_path):
+    spec = get_task("metaworld-hard/reach")
+    report = collect_demos(spec, ReplayBufferWriter(tmp_path / "d.zarr"), 4, 0, progress=False)
+    assert report.route_counts == {0: 2, 1: 2}
+    buf = ReplayBuffer(tmp_path / "d.zarr")
+    firsts = [buf.episode(i) for i in range(4)]
+    for a, b in (firsts[0:2], firsts[2:4]):  # a pair: one start, both strategies
+        # same hand, object and goal positions (the object's settled pose differs by < 1 mm)
+        np.testing.assert_allclose(
+            a["obs"][0][[*range(7), 36, 37, 38]], b["obs"][0][[*range(7), 36, 37, 38]], atol=1e-3
+        )
+        assert {int(a["strategy"][0]), int(b["strategy"][0])} == {0, 1}
+    assert not np.allclose(firsts[0]["obs"][0], firsts[2]["obs"][0])
