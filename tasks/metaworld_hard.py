@@ -3,14 +3,15 @@
 Clean scripted demonstrations are nearly unimodal, so every method scores near 1.0. Here:
 
 - **Two strategies.** A pillar stands on the table halfway between the hand's start and
-  the first thing the hand must reach (the object, the goal or the button). The expert
+  the first thing the hand must reach (the object, or the goal for reach). The expert
   commits per episode to passing it on the left (strategy 0) or on the right (1) through
   a via-point, then hands over to Meta-World's scripted policy. Demonstrations show both
   strategies from every start (`TaskSpec.paired_starts`): with a few demonstrations at
   distinct starts a regressor would otherwise learn the start -> strategy map and never
   face two answers for one state. A policy that averages the two strategies drives into
-  the pillar; touching it with the robot ends the episode as a failure. The pillar is not in the 39-D observation, but its place is a fixed
-  function of the first observation (hand start and target), which the policy sees.
+  the pillar; touching it with the robot ends the episode as a failure. The pillar is
+  not in the 39-D observation, but its place is a fixed function of the first
+  observation (hand start and target), which the policy sees.
   `info["route"]` is the side the hand passed on (-1 before it reaches the pillar).
 - **Messy demonstrations.** `noise=low|high` adds temporally correlated
   (Ornstein-Uhlenbeck) action noise and occasional pauses to the expert; demonstrations

@@ -81,3 +81,11 @@ def test_settings_share_trainings_and_label_rows(tmp_path, monkeypatch):
     settings = bench_compare.training_settings(cfg.suite, "t", 10, "mse", 0, {"noise": "high"})
     assert "task.noise=high" in bench_compare.overrides_of(settings)
     assert "task_options" not in bench_compare.training_settings(cfg.suite, "t", 10, "mse", 0)
+
+
+def test_a_method_can_train_its_own_policy_fields(tmp_path):
+    cfg = suite_config(tmp_path)
+    plain = bench_compare.training_settings(cfg.suite, "t", 10, "ddn", 0)
+    own = bench_compare.training_settings(cfg.suite, "t", 10, "ddn", 0, None, {"model": {"k": 4}})
+    assert plain["policy_overrides"] == {} and own["policy_overrides"] == {"model": {"k": 4}}
+    assert "++policy.model.k=4" in bench_compare.overrides_of(own)

@@ -45,10 +45,19 @@ def check_methods(methods: dict) -> None:
 
 
 def training_settings(
-    s: DictConfig, task: str, demos: int, policy: str, seed: int, task_options: dict | None = None
+    s: DictConfig,
+    task: str,
+    demos: int,
+    policy: str,
+    seed: int,
+    task_options: dict | None = None,
+    method_overrides: dict | None = None,
 ) -> dict:
-    """Everything that shapes one training: the key of its cache directory."""
+    """Everything that shapes one training: the key of its cache directory.
+    `method_overrides`: a method's own policy fields (e.g. {model: {k: 4}}) over the
+    suite's per-policy ones."""
     options = {"task_options": task_options} if task_options else {}  # keys unchanged without
+    overrides = OmegaConf.merge(s.policy_overrides.get(policy, {}), method_overrides or {})
     return (
         options
         | {
@@ -57,7 +66,7 @@ def training_settings(
             "demos_seed": s.demos_seed,
             "policy": policy,
             "preset": s.preset,
-            "policy_overrides": OmegaConf.to_container(s.policy_overrides).get(policy, {}),
+            "policy_overrides": OmegaConf.to_container(overrides),
             "steps": s.steps,
             "batch_size": s.batch_size,
             "checkpoint_every": s.checkpoint_every,
@@ -90,7 +99,8 @@ def overrides_of(settings: dict) -> list[str]:
         f"train.balance_until={settings.get('balance_until', 1.0)}",
         "eval.episodes=0",
     ]
-    out += [f"policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]
+    # ++: a field the policy config does not list (e.g. model.k) is added, not refused
+    out += [f"++policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]
     out += [f"task.{k}={v}" for k, v in settings.get("task_options", {}).items()]
     return out
 
@@ -197,7 +207,9 @@ def method_row(
     task_options, eval_options = setting.get("task", {}), setting.get("eval", {})
     train_spec = get_task(task, **task_options)
     spec = get_task(task, **task_options, **eval_options)
-    settings = training_settings(s, task, demos, method["policy"], seed, task_options)
+    settings = training_settings(
+        s, task, demos, method["policy"], seed, task_options, method.get("policy_overrides")
+    )
     eval_settings = {
         "inference": method.get("inference", {}),
         "episodes": s.episodes,
