@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks import HARD_PREFIX
 from tasks.metaworld import MAX_STEPS, MetaWorldEnv, MetaWorldExpert
 from tasks.spec import Expert, TaskSpec
 
-PREFIX = "metaworld-hard/"
 # task -> which part of the reset vector the hand goes to first (the pillar stands
 # halfway there): "object" = rand_vec[0:3], "goal" = rand_vec[3:6]
 FIRST_TARGET = {"push": "object", "pick-place": "object", "reach": "goal", "assembly": "object"}
@@ -95,21 +95,23 @@ class HardVariant:
             for f in fields(self)[1:]
             if getattr(self, f.name) != f.default
         ]
-        return PREFIX + self.task + "".join(options)
+        return HARD_PREFIX + self.task + "".join(options)
 
     @classmethod
     def parse(cls, name: str, **options) -> HardVariant:
         """`metaworld-hard/push:noise-high` (and keyword options) -> HardVariant."""
-        task, *items = name.removeprefix(PREFIX).split(":")
+        task, *items = name.removeprefix(HARD_PREFIX).split(":")
         for item in items:
             key, _, value = item.partition("-")
             options.setdefault(key, value)
-        valid = [f.name for f in fields(cls)[1:]]
-        unknown = sorted(set(options) - set(valid))
+        unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise ValueError(f"metaworld-hard: unknown options {unknown}; valid: {valid}")
+            raise ValueError(f"metaworld-hard: unknown options {unknown}; valid: {list(OPTIONS)}")
         options = {k: (None if v in ("None", "null") else v) for k, v in options.items()}
         return cls(task, **options)
+
+
+OPTIONS = tuple(f.name for f in fields(HardVariant)[1:])  # strategy, noise, starts
 
 
 def task_names() -> list[str]:

@@ -31,13 +31,14 @@ from tasks import TaskSpec, get_task
 from tasks.demos import collect_demos
 
 HORIZON_KEYS = ("obs_horizon", "pred_horizon", "action_horizon", "max_episode_steps")
-VARIANT_KEYS = ("strategy", "noise", "starts")  # options of metaworld-hard tasks
 
 
 def task_from_config(node) -> TaskSpec:
     """The task's spec (a variant where the config has options), with any horizon the
     task config overrides."""
-    spec = get_task(node.name, **{k: node[k] for k in VARIANT_KEYS if k in node})
+    from tasks.metaworld_hard import OPTIONS  # the options of metaworld-hard variants
+
+    spec = get_task(node.name, **{k: node[k] for k in OPTIONS if k in node})
     return replace(spec, **{k: node[k] for k in HORIZON_KEYS if k in node})
 
 
