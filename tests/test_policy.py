@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,26 @@ def test_evaluation_is_reproducible_whatever_ran_before(demos):
     policy.reset()
     second = run_episodes(policy, SPEC, 3, seed=5, num_envs=3, progress=False)
     assert first["per_episode"] == second["per_episode"]
+
+
+def test_ddn_eval_draws_the_hypotheses_picture(demos, tmp_path):
+    from omegaconf import OmegaConf
+
+    from ddn_policy.cli.eval import run as eval_command
+
+    tiny_policy(demos).save_pretrained(tmp_path / "pretrained_model")
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "eval.yaml")
+    cfg.merge_with(
+        {
+            "checkpoint": str(tmp_path / "pretrained_model"),
+            "task": SPEC.name,
+            "episodes": 2,
+            "videos": 0,
+            "num_envs": 2,
+            "out_dir": str(tmp_path / "eval"),
+            "hypotheses": 8,
+        }
+    )
+    info = eval_command(cfg)
+    assert len(info["per_episode"]) == 2
+    assert (tmp_path / "eval" / "hypotheses.png").stat().st_size > 0

@@ -1,11 +1,15 @@
-"""`ddn-eval checkpoint=DIR episodes=50 out_dir=DIR [guide=forbid_left] [best_of=8]`."""
+"""`ddn-eval checkpoint=DIR episodes=50 out_dir=DIR [guide=forbid_left] [best_of=8]
+[hypotheses=64]`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR, refuse_targets
+from ddn_policy.evaluation.plots import hypotheses_picture
 from ddn_policy.evaluation.runner import run as run_episodes
 from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy
@@ -35,6 +39,11 @@ def run(cfg: DictConfig) -> dict:
     )
     agg = info["aggregated"]
     print(f"{spec.name}: {summary_line(spec, agg)}", flush=True)
+    if cfg.hypotheses:
+        routes = hypotheses_picture(
+            policy, spec, Path(cfg.out_dir) / "hypotheses.png", cfg.hypotheses, cfg.seed
+        )
+        print(f"{cfg.hypotheses} hypotheses from the first state, routes {routes}", flush=True)
     return info
 
 
