@@ -130,3 +130,22 @@ def test_ddn_demos_command(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "pass append=true" in again.stderr
     assert ReplayBuffer(out).num_episodes == 3
+
+
+def test_a_route_never_taken_is_reported_as_zero():
+    from ddn_policy.evaluation.runner import aggregate
+
+    spec = get_task("obstacle-reach")
+    rows = [
+        {
+            "success": True,
+            "sum_reward": 1.0,
+            "max_reward": 1.0,
+            "steps": 10,
+            "route": 1,
+            "route_switches": 0,
+            "collision": False,
+        }
+    ] * 3
+    agg = aggregate(rows, spec, wall_s=1.0)
+    assert agg["route_frequencies"] == {"0": 0.0, "1": 1.0}
