@@ -40,10 +40,10 @@ def run(cfg: DictConfig) -> dict:
     agg = info["aggregated"]
     print(f"{spec.name}: {summary_line(spec, agg)}", flush=True)
     if cfg.hypotheses:
-        routes = hypotheses_picture(
+        drawn = hypotheses_picture(
             policy, spec, Path(cfg.out_dir) / "hypotheses.png", cfg.hypotheses, cfg.seed
         )
-        print(f"{cfg.hypotheses} hypotheses from the first state, routes {routes}", flush=True)
+        print(f"{cfg.hypotheses} hypotheses from the first state: {drawn}", flush=True)
     return info
 
 

@@ -83,7 +83,9 @@ def aggregate(rows: list[dict], task: TaskSpec, wall_s: float) -> dict:
     }
     if task.has_route:
         decided = [r["route"] for r in rows if r.get("route") is not None]
-        routes = sorted(set(decided) | {0, 1}) if decided else []  # a route never taken is 0
+        # route tasks have two routes, 0 and 1 (the obstacle's sides, tasks/spec.py); one
+        # never taken is reported as 0, not left out
+        routes = sorted(set(decided) | {0, 1}) if decided else []
         agg["route_frequencies"] = {str(k): decided.count(k) / len(decided) for k in routes}
         agg["switch_rate"] = float(np.mean([r["route_switches"] > 0 for r in rows]))
         agg["collision_rate"] = float(np.mean([r["collision"] for r in rows]))
