@@ -45,3 +45,20 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
     again, _ = dense_suite(cfg)  # everything cached: nothing retrained or re-scored
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == runs
     assert again == rows
+
+
+def test_a_nested_model_setting_reaches_the_trained_model_over_the_preset():
+    from ddn_policy.dense.train import predictor_config
+    from ddn_policy.evaluation.bench_dense import train_overrides
+    from ddn_policy.models.dense import dense_preset
+
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        suite = compose(
+            "bench", overrides=["suite=dense", "+suite.models.ddn.ddn.chain_dropout_per_sample=0.5"]
+        ).suite
+        overrides = train_overrides(suite, "depth", "ddn")
+        assert "++experiment.model.ddn.chain_dropout_per_sample=0.5" in overrides
+        config = predictor_config(compose("train", overrides=overrides).experiment)
+    preset = dense_preset("small", image_size=32, channels=1, cond_channels=3)
+    assert config.model.ddn.chain_dropout_per_sample == 0.5
+    assert config.model.ddn.widths == preset.ddn.widths and config.model.ddn.k == preset.ddn.k

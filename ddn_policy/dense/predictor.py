@@ -36,7 +36,8 @@ class DensePredictorConfig:
     preset: str = "small"  # DENSE_PRESETS entry that sizes `model` when it is not given
     image_size: int = 64  # H = W of the dataset's images
     # the network: a DenseDDNConfig for ddn and regression (which uses its encoder sizes),
-    # a DiffusionImageConfig for diffusion; None: the preset at this size
+    # a DiffusionImageConfig for diffusion; None or a dict: the preset at this size with
+    # the dict's fields over it (e.g. {"ddn": {"chain_dropout_per_sample": 0.5}})
     model: DenseDDNConfig | DiffusionImageConfig | None = None
     depth_centre: float = 2.0  # metres; log-depth is normalized around log(depth_centre)
     depth_scale: float = 0.5  # ... and divided by this (natural-log units)
@@ -52,12 +53,9 @@ class DensePredictorConfig:
         if self.method == "diffusion":
             self.model = diffusion_config(self.model, self.image_size, channels, cond_channels)
             return
-        if isinstance(self.model, dict):
-            self.model = DenseDDNConfig(**self.model)
-        if self.model is None:
-            self.model = dense_preset(
-                self.preset, self.image_size, channels, cond_channels=cond_channels
-            )
+        if self.model is None or isinstance(self.model, dict):  # fields over the preset
+            fields = {"cond_channels": cond_channels, **(self.model or {})}
+            self.model = dense_preset(self.preset, self.image_size, channels, **fields)
         if (self.model.cond_channels, self.model.ddn.channels) != (cond_channels, channels):
             raise ValueError(
                 f"task={self.task!r} needs model.cond_channels={cond_channels} and "

@@ -31,6 +31,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.evaluation.report import aggregate, markdown_table
+from ddn_policy.evaluation.runs import flatten
 from ddn_policy.policies.factory import POLICIES
 from ddn_policy.utils.io import atomic_write_text, settings_key
 
@@ -103,16 +104,6 @@ def overrides_of(settings: dict) -> list[str]:
     out += [f"++policy.{k}={v}" for k, v in flatten(settings["policy_overrides"]).items()]
     out += [f"task.{k}={v}" for k, v in settings.get("task_options", {}).items()]
     return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
 
 
 def train(settings: dict, cache: Path, threads: int) -> Path:

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.evaluation.report import markdown_table
-from ddn_policy.evaluation.runs import cached, train_once
+from ddn_policy.evaluation.runs import cached, flatten, train_once
 from ddn_policy.utils.io import atomic_write_bytes, settings_key
 
 
@@ -40,7 +40,8 @@ def train_overrides(s: DictConfig, task: str, method: str) -> list[str]:
     out += [f"+experiment.data.scene.{k}={v}" for k, v in data["scene"].items() if k != "size"]
     out.append(f"experiment.data.scene.size={data['scene']['size']}")
     model = OmegaConf.to_container(s.models, resolve=True).get(method, {})
-    out += [f"+experiment.model.{k}={v}" for k, v in model.items()]
+    # dotted keys: hydra's grammar takes no quoted dict keys ({ddn: {k: 8}} -> model.ddn.k=8)
+    out += [f"++experiment.model.{k}={v}" for k, v in flatten(model).items()]
     return out
 
 

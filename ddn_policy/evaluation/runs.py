@@ -30,3 +30,14 @@ def cached(path: Path, compute):
     rows = compute()
     atomic_write_text(path, json.dumps(rows, indent=2))
     return rows
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested settings as dotted command-line keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
