@@ -88,6 +88,27 @@ def middlebury(predictor, eval_cfg: dict) -> list[dict]:
     return [{"metric": f"middlebury_{k}", "value": v} for k, v in scores.items()]
 
 
+@torch.no_grad()
+def same_run_timing(s: DictConfig, task: str, predictors: dict, test) -> list[dict]:
+    """Milliseconds per image of every method's unguided prediction (its own number of
+    hypotheses), timed back to back in this run (median of 3 calls after a warm-up), so
+    speeds compare as ratios; each evaluation's `ms_per_image` comes from whenever it ran."""
+    from ddn_policy.evaluation.timing import median_seconds
+
+    images = min(s.timing_images, len(test))
+    batch = torch.utils.data.default_collate([test[i] for i in range(images)])
+    rows = []
+    for method, predictor in predictors.items():
+        n = hypotheses(s, method)
+        call = lambda p=predictor, n=n: p.predict(batch, n=n)  # noqa: E731
+        ms = 1000 * median_seconds(call, warmup=1, calls=3) / images
+        rows.append(
+            {"task": task, "model": method, "hypotheses": n}
+            | {"metric": "ms_per_image_same_run", "value": ms}
+        )
+    return rows
+
+
 def picture(s: DictConfig, task: str, predictors: dict, test) -> None:
     from ddn_policy.dense.evaluate import truth_of
     from ddn_policy.dense.pictures import method_row, sheet
@@ -152,6 +173,7 @@ def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
             rows += evaluate_run(s, task, method, predictors[method], run_dir, test)
         if predictors:  # suite.methods=[] scores the scenes' own checks only
             picture(s, task, predictors, test)
+            rows += same_run_timing(s, task, predictors, test)
     metrics = sorted({(r["task"], r["metric"]) for r in rows})
     table = [
         {"task": t, "metric": m}
