@@ -112,3 +112,16 @@ def test_target_with_wrong_shape_is_refused():
     layer = DiscreteDistributionLayer(8, (3, 4, 4), k=4)
     with pytest.raises(ValueError, match=r"target must be \(B, 3, \*, \*\).*got \(2, 1, 4, 4\)"):
         layer.train_step(torch.randn(2, 8, 4, 4), None, torch.randn(2, 1, 4, 4))
+
+
+@pytest.mark.parametrize("trains_features", [False, True])
+def test_the_prior_reaches_the_features_only_when_asked(trains_features):
+    torch.manual_seed(0)
+    layer = DiscreteDistributionLayer(
+        8, (2, 4, 4), 4, prior=True, prior_trains_features=trains_features
+    )
+    h = torch.randn(3, 8, 4, 4, requires_grad=True)
+    out = layer.train_step(h, None, torch.randn(3, 2, 4, 4))
+    out.prior_loss.backward()  # the cross-entropy alone
+    assert layer.prior_head.weight.grad.abs().sum() > 0
+    assert (h.grad is not None and h.grad.abs().sum() > 0) == trains_features

@@ -73,6 +73,9 @@ class DiscreteDistributionLayer(nn.Module):
     prior: add a learned selection prior, a K-way linear head on the (detached,
         spatially pooled) features trained with cross-entropy toward the node the
         nearest-target rule chose; sampling can then draw the node from its softmax.
+    prior_trains_features: let the prior's cross-entropy reach the features too, so the
+        trunk must encode what decides the nearest node (e.g. a scene's global motion,
+        which nearest-only training never asks the coarsest candidates to depend on).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class DiscreteDistributionLayer(nn.Module):
         chain_dropout_loss: str = "taken",
         init_range: float | None = None,
         prior: bool = False,
+        prior_trains_features: bool = False,
     ):
         super().__init__()
         if int(k) != k or k < 2:
@@ -143,9 +147,10 @@ class DiscreteDistributionLayer(nn.Module):
             bound = 1.0 / math.sqrt(self.leak_in)
             nn.init.uniform_(self.leak_weight, -bound, bound)
 
-        # (K, F) weight rows + (K,) bias: node k's logit. Detached input, so the prior
-        # learns to predict the trunk's choices without steering the trunk.
+        # (K, F) weight rows + (K,) bias: node k's logit. Detached input by default, so
+        # the prior learns to predict the trunk's choices without steering the trunk.
         self.prior_head = nn.Linear(in_features, self.k) if prior else None
+        self.prior_trains_features = prior_trains_features
 
         # Balance statistics: buffers, so they travel with state_dict and .to(device).
         self.register_buffer("count", torch.zeros(self.k))  # times node k won
@@ -170,7 +175,7 @@ class DiscreteDistributionLayer(nn.Module):
         """(B, K) selection-prior logits from features (B, F, *sp)."""
         if self.prior_head is None:
             raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
-        h = h.detach()
+        h = h if self.prior_trains_features else h.detach()
         pooled = h.flatten(2).mean(-1) if h[0, 0].numel() > 1 else h.reshape(h.shape[0], -1)
         return self.prior_head(pooled)
 
