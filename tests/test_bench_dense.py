@@ -1,7 +1,9 @@
 """ddn-bench suite=dense end to end on a tiny budget: trains, scores, draws, resumes."""
 
+import math
 import os
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from ddn_policy.evaluation.bench_dense import dense_suite
@@ -39,6 +41,11 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
             assert (model, metric) in metrics
     assert ("ddn", "guided_abs_rel") in metrics and ("regression", "guided_abs_rel") not in metrics
     assert ("ddn", "ause") in metrics  # the regressor has no uncertainty to rank by
+    for metric in ("oracle_abs_rel", "prior_nll_first_layer", "prior_nll_chance"):
+        assert ("ddn", metric) in metrics and ("regression", metric) not in metrics
+    by_metric = {r["metric"]: r["value"] for r in rows if r["model"] == "ddn"}
+    assert by_metric["prior_nll_chance"] == pytest.approx(math.log(8))  # the tiny preset's K
+    assert by_metric["oracle_abs_rel"] <= by_metric["best_of_k_image"]
     assert "| depth | abs_rel |" in table
     assert (tmp_path / "results" / "depth.png").is_file()
     runs = sorted(p.name for p in (tmp_path / "cache").iterdir())

@@ -65,6 +65,7 @@ class WalkResult:
     logprob: Tensor  # (B,) log-probability of the path (prior, or uniform 1/K per layer)
     entropy: Tensor  # (B, L) entropy of each layer's choice distribution, in nats
     trace: Trace | None = None
+    layer_logprob: Tensor | None = None  # (B, L) log-probability of each layer's choice
 
 
 @dataclass
@@ -179,7 +180,7 @@ class DDNBase(nn.Module):
             ks.append(layer.k)
         codes = torch.stack(codes, 1)  # (B, L)
         logp, entropy = path_log_probs(all_logits, codes, ks)
-        return WalkResult(x, codes, logp.sum(1), entropy, rec)
+        return WalkResult(x, codes, logp.sum(1), entropy, rec, logp)
 
     def sample(
         self,
@@ -204,7 +205,8 @@ class DDNBase(nn.Module):
         res = self.walk(n if cond is None else rows.shape[0], selector, rows, generator, trace)
         if cond is not None:
             grid = (cond.shape[0], n)
-            for name in ("x", "codes", "logprob", "entropy"):  # (B*n, ...) -> (B, n, ...)
+            names = ("x", "codes", "logprob", "entropy", "layer_logprob")
+            for name in names:  # (B*n, ...) -> (B, n, ...)
                 setattr(res, name, getattr(res, name).unflatten(0, grid))
         return res if (trace or return_walk) else res.x
 

@@ -4,11 +4,13 @@ guided versus free sampling, runtime per image. Every function returns flat rows
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 from torch import Tensor
 
+from ddn_policy.core.select import Nearest
 from ddn_policy.dense.guides import ColorStrokes, PhotometricFlow, SparseDepth
 from ddn_policy.dense.predictor import DensePredictor
 from ddn_policy.evaluation.dense_metrics import (
@@ -124,4 +126,36 @@ def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[
         curve = sparsification(torch.cat(errors), spread)
         rows.append({"metric": "ause", "value": curve["ause"]})
     rows.append({"metric": "ms_per_image", "value": 1000 * seconds / images})
+    return rows
+
+
+@torch.no_grad()
+def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
+    """Why a DDN's samples miss (DDN only). `oracle_*`: the point metrics of the
+    nearest-candidate walk, which sees the truth: what the decoder can represent.
+    `prior_nll_*`: cross-entropy of each layer's selection prior against that walk's
+    node (first layer, mean over layers), beside `prior_nll_chance` = log K."""
+    if predictor.config.method != "ddn":
+        raise ValueError(f"selection_rows reads a DDN, got method={predictor.config.method!r}")
+    task, ddn = predictor.config.task, predictor.model.ddn
+    sums: dict[str, float] = {}
+    images = 0
+    for batch in batches(data, cfg["images"], cfg["batch"]):
+        truth, mask = truth_of(task, batch)
+        target = predictor.target(batch)
+        cond = predictor.model.encoder(predictor.condition(batch))
+        walk = ddn.walk(target.shape[0], Nearest(target), cond)
+        scores = {
+            f"oracle_{k}": v
+            for k, v in point_rows(task, predictor.to_units(walk.x), truth, mask).items()
+        }
+        if walk.layer_logprob is not None and ddn.first_layer.has_prior:
+            nll = -walk.layer_logprob.mean(0)  # (L,)
+            scores |= {"prior_nll_first_layer": float(nll[0]), "prior_nll_mean": float(nll.mean())}
+        for k, v in scores.items():
+            sums[k] = sums.get(k, 0.0) + v * truth.shape[0]
+        images += truth.shape[0]
+    rows = [{"metric": k, "value": v / images} for k, v in sums.items()]
+    if "prior_nll_mean" in sums:
+        rows.append({"metric": "prior_nll_chance", "value": math.log(ddn.first_layer.k)})
     return rows

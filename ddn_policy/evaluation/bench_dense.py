@@ -58,12 +58,17 @@ def hypotheses(s: DictConfig, method: str) -> int:
 
 def evaluate_run(s: DictConfig, task: str, method: str, predictor, run_dir: Path, test):
     """The cached evaluation rows of one trained predictor."""
-    from ddn_policy.dense.evaluate import evaluate
+    from ddn_policy.dense.evaluate import evaluate, selection_rows
 
     eval_cfg = OmegaConf.to_container(s.eval, resolve=True)
     eval_cfg["hypotheses"] = hypotheses(s, method)
     key = settings_key(eval_cfg)
     rows = cached(run_dir / f"eval-{key}.json", lambda: evaluate(predictor, test, eval_cfg))
+    if method == "ddn":  # why its samples miss: what it can represent, how it chooses
+        rows += cached(
+            run_dir / f"eval-selection-{key}.json",
+            lambda: selection_rows(predictor, test, eval_cfg),
+        )
     if task == "depth" and s.middlebury:
         rows += cached(
             run_dir / f"eval-middlebury-{key}.json", lambda: middlebury(predictor, eval_cfg)
