@@ -65,7 +65,7 @@ def reconstruction_error(predictor, batch) -> float:
 @pytest.mark.parametrize("task", ["depth", "flow", "color"])
 def test_training_lowers_the_loss_and_predicts_in_task_units(scenes, trained, task):
     predictor, losses = trained(task)
-    assert losses[-1] < losses[0]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
     torch.manual_seed(0)  # the trained model's initial weights
     untrained = DensePredictor(DensePredictorConfig(task=task, preset="tiny", image_size=SIZE))
     batch = batch_of(scenes, range(16))
