@@ -2,6 +2,7 @@
 bad method names are refused."""
 
 import os
+import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -29,6 +30,7 @@ def suite_config(tmp_path, *overrides, suite="multimodal"):
                 "suite.run_methods=[mse]",
                 "suite.threads=1",
                 f"suite.cache_dir={tmp_path / 'cache'}",
+                f"suite.results_dir={tmp_path / 'results'}",
                 *overrides,
             ],
         )
@@ -46,8 +48,11 @@ def test_finished_runs_are_reused_and_changed_settings_rerun(tmp_path, monkeypat
 
     monkeypatch.setattr(bench_compare.subprocess, "run", no_training)
     monkeypatch.setattr(bench_compare, "evaluate", no_training)
+    # the committed rows alone suffice: a new session's machine has no cache_dir
+    shutil.rmtree(tmp_path / "cache")
     again, _ = bench_compare.compare(suite_config(tmp_path))
     assert again == rows
+    assert len(list((tmp_path / "results" / "rows").glob("*-mse-*.json"))) == 1
     with pytest.raises(AssertionError, match="trained again"):  # new hash: a new run
         bench_compare.compare(suite_config(tmp_path, "suite.steps=30"))
 

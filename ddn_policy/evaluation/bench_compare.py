@@ -13,9 +13,11 @@ trained once per seed and evaluated with each of its samplers (DDPM-100, DDIM-10
 
 Resumability: a training is cached in `cache_dir/<task>-<policy>-d<demos>-s<seed>-<hash>`
 where the hash covers every setting that shapes it (an interrupted ddn-train resumes
-from its last checkpoint); each evaluation of a checkpoint is cached beside it as JSON;
-a finished run's summary (`summary-<method>-<hash>.json`) makes the row without
-loading anything. A changed setting changes the hash, so stale runs are never mixed in.
+from its last checkpoint); each evaluation of a checkpoint is cached beside it as JSON.
+A finished row is kept in `results_dir/rows/<run>-<method>-<eval hash>.json`, which is
+committed with the results: `cache_dir` does not outlive a session's machine, so a later
+session skips every committed row without training anything. A changed setting changes
+a hash, so stale runs are never mixed in.
 """
 
 from __future__ import annotations
@@ -106,11 +108,16 @@ def overrides_of(settings: dict) -> list[str]:
     return out
 
 
-def train(settings: dict, cache: Path, threads: int) -> Path:
-    """Run (or resume) one training in a subprocess; returns its directory."""
+def run_name(settings: dict) -> str:
+    """The directory name of one training: readable fields, then the hash of them all."""
     task = settings["task"].replace("/", "_")
     name = f"{task}-{settings['policy']}-d{settings['demos']}"
-    run_dir = cache / f"{name}-s{settings['seed']}-{settings_key(settings)}"
+    return f"{name}-s{settings['seed']}-{settings_key(settings)}"
+
+
+def train(settings: dict, cache: Path, threads: int) -> Path:
+    """Run (or resume) one training in a subprocess; returns its directory."""
+    run_dir = cache / run_name(settings)
     if (run_dir / "train.json").is_file():
         return run_dir
     command = [sys.executable, "-m", "ddn_policy.cli.train", *overrides_of(settings)]
@@ -179,6 +186,30 @@ def demo_strategy_mix(settings: dict, spec) -> float | None:
     return firsts.count(0) / len(firsts)
 
 
+def row_settings(
+    s, task: str, demos: int, seed: int, name: str, method: dict, setting: dict
+) -> tuple[dict, Path]:
+    """One row's training settings and the committed file that holds the row."""
+    settings = training_settings(
+        s,
+        task,
+        demos,
+        method["policy"],
+        seed,
+        setting.get("task", {}),
+        method.get("policy_overrides"),
+    )
+    eval_options = setting.get("eval", {})
+    eval_settings = {
+        "inference": method.get("inference", {}),
+        "episodes": s.episodes,
+        "periodic_episodes": s.periodic_episodes,
+        "eval_seed": s.eval_seed,
+    } | ({"eval_options": eval_options} if eval_options else {})
+    row_name = f"{run_name(settings)}-{name}-{settings_key(eval_settings)}.json"
+    return settings, Path(s.results_dir) / "rows" / row_name
+
+
 def method_row(
     suite: str,
     task: str,
@@ -196,21 +227,12 @@ def method_row(
 
     setting = setting or {}
     task_options, eval_options = setting.get("task", {}), setting.get("eval", {})
+    settings, row_path = row_settings(s, task, demos, seed, name, method, setting)
+    if row_path.is_file():
+        return json.loads(row_path.read_text())
     train_spec = get_task(task, **task_options)
     spec = get_task(task, **task_options, **eval_options)
-    settings = training_settings(
-        s, task, demos, method["policy"], seed, task_options, method.get("policy_overrides")
-    )
-    eval_settings = {
-        "inference": method.get("inference", {}),
-        "episodes": s.episodes,
-        "periodic_episodes": s.periodic_episodes,
-        "eval_seed": s.eval_seed,
-    } | ({"eval_options": eval_options} if eval_options else {})
     run_dir = train(settings, cache, s.threads)
-    summary_path = run_dir / f"summary-{name}-{settings_key(eval_settings)}.json"
-    if summary_path.is_file():
-        return json.loads(summary_path.read_text())
     trained = json.loads((run_dir / "train.json").read_text())
     ckpts = checkpoints(run_dir)
     periodic, final = [], None
@@ -246,7 +268,8 @@ def method_row(
         mix = demo_strategy_mix(settings, train_spec)
         if mix is not None:
             row["demo_route0"] = mix
-    atomic_write_text(summary_path, json.dumps(row, indent=2))
+    row_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(row_path, json.dumps(row, indent=2))
     return row
 
 
