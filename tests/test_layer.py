@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ddn_policy.core import DiscreteDistributionLayer
+from ddn_policy.core.layer import pick
 
 
 @pytest.mark.parametrize(
@@ -16,10 +17,17 @@ def test_shapes_and_fast_path_equals_all_k(sample_shape, feature_shape):
     cands = layer.candidates(h, prev)
     assert cands.shape == (6, 5, *sample_shape)
     idx = torch.tensor([0, 1, 2, 3, 4, 2])
-    fast = layer.take(h, prev, idx)
+    fast, fast_leak = layer.take(h, prev, idx)
     assert fast.shape == (6, *sample_shape)
     torch.testing.assert_close(fast, cands[torch.arange(6), idx], rtol=1e-5, atol=1e-6)
-    assert layer.leak_take(h, idx).shape == (6, 8, *feature_shape)
+    leak = layer.leak_take(h, idx)
+    assert leak.shape == (6, 8, *feature_shape)
+    torch.testing.assert_close(fast_leak, leak)
+    no_leak = DiscreteDistributionLayer(16, sample_shape, k=5, leak=False)
+    torch.testing.assert_close(
+        no_leak.take(h, prev, idx)[0], pick(no_leak.candidates(h, prev), idx)
+    )
+    assert no_leak.take(h, prev, idx)[1] is None
 
 
 def test_learning_residual_upsamples_previous_map():

@@ -175,15 +175,22 @@ class DiscreteDistributionLayer(nn.Module):
         """(B, K) selection-prior logits from features (B, F, *sp)."""
         if self.prior_head is None:
             raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
-        h = h if self.prior_trains_features else h.detach()
-        pooled = h.flatten(2).mean(-1) if h[0, 0].numel() > 1 else h.reshape(h.shape[0], -1)
-        return self.prior_head(pooled)
+        if torch.is_grad_enabled() and not self.prior_trains_features:
+            h = h.detach()
+        # features share the layer's spatial axes; a single position needs no pooling
+        spatial_dims = tuple(range(2, h.dim()))
+        pooled = h.flatten(1) if math.prod(self.spatial) == 1 else h.mean(spatial_dims)
+        head = self.prior_head  # functional call: a module call costs more than the matmul
+        return F.linear(pooled, head.weight, head.bias)
 
-    def _split_features(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _check_features(self, h: Tensor) -> None:
         if h.shape[1] != self.in_features or tuple(h.shape[2:]) != self.spatial:
             raise ValueError(
                 f"features must be (B, {self.in_features}, *{self.spatial}), got {tuple(h.shape)}"
             )
+
+    def _split_features(self, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        self._check_features(h)
         if self.leak_in == 0:
             return h, None
         return h[:, : self.head_in], h[:, self.head_in :]
@@ -222,14 +229,30 @@ class DiscreteDistributionLayer(nn.Module):
         residual = self._residual(prev)
         return out if residual is None else out + residual.unsqueeze(1)
 
-    def take(self, h: Tensor, prev: Tensor | None, idx: Tensor) -> Tensor:
-        """Only the chosen node's candidate (the fast path): gathers row idx[b] for each b."""
-        head, _ = self._split_features(h)
+    def take(self, h: Tensor, prev: Tensor | None, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Only the chosen node (the fast sampling path): its candidate (B, C, *sp) and
+        its leak feature (B, leak_out, *sp) or None, from row idx[b] of the per-node
+        weights. Written for few dispatched ops: at batch 1 each op costs about as
+        much as the arithmetic, and this runs once per layer per chunk."""
+        self._check_features(h)
+        batch = h.shape[0]
+        flat = h if h.dim() == 3 else h.reshape(batch, self.in_features, -1)  # (B, F, S)
+        head, leak_half = (
+            flat.split([self.head_in, self.leak_in], 1) if self.leak_in else (flat, None)
+        )
         rows = self.weight.index_select(0, idx)  # (B, C, head_in)
-        flat = head.reshape(head.shape[0], self.head_in, -1)  # (B, F, S)
-        out = torch.bmm(rows, flat).view(head.shape[0], *self.sample_shape)  # (B, C, *sp)
         residual = self._residual(prev)
-        return out if residual is None else out + residual
+        if len(self.spatial) == 1 and residual is not None:  # (B, C, T): one fused op
+            out = torch.baddbmm(residual, rows, head)
+        else:
+            out = torch.bmm(rows, head).view(batch, *self.sample_shape)  # (B, C, *sp)
+            out = out if residual is None else out + residual
+        if leak_half is None:
+            return out, None
+        leak = torch.bmm(self.leak_weight.index_select(0, idx), leak_half)  # (B, leak_out, S)
+        if len(self.spatial) != 1:
+            leak = leak.view(batch, self.leak_out, *self.spatial)
+        return out, leak
 
     def leak_take(self, h: Tensor, idx: Tensor) -> Tensor | None:
         """The chosen node's leak feature: (B, leak_out, *sp), or None without leak."""

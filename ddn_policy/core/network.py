@@ -34,7 +34,7 @@ def path_log_probs(logits: list[Tensor | None], codes: Tensor, ks: list[int]):
     """Per-layer log-probability of the chosen nodes and entropy of each layer's choice
     distribution, (B, L) each: the prior's softmax where a layer has one, else 1/K."""
     if all(lg is not None for lg in logits) and len(set(ks)) == 1:
-        logp = torch.log_softmax(torch.stack(logits, 1).float(), dim=-1)  # (B, L, K)
+        logp = torch.log_softmax(torch.stack(logits, 1), dim=-1, dtype=torch.float32)  # (B, L, K)
         chosen = logp.gather(2, codes[..., None]).squeeze(2)
         return chosen, -(logp.exp() * logp).sum(-1)
     chosen, entropy = [], []
@@ -158,7 +158,9 @@ class DDNBase(nn.Module):
         when the selector or the trace needs them; otherwise only the chosen node's."""
         self._check_cond(cond, batch)
         h, x, leak = None, self._zeros(batch, cond), None
-        codes, all_logits, ks = [], [], []
+        codes, all_logits = [], []
+        ks = [layer.k for _, layer in self.stages()]
+        selector.start_walk(ks, batch, x.device, generator)
         rec = Trace() if trace else None
         for i, (block, layer) in enumerate(self.stages()):
             h = block(h, x, leak, cond)
@@ -171,13 +173,13 @@ class DDNBase(nn.Module):
                 if rec is not None:
                     rec.candidates.append(cands)
                     rec.chosen.append(new_x)
+                new_leak = layer.leak_take(h, idx)
             else:
                 idx = selector.select(None, ctx)
-                new_x = layer.take(h, x, idx)
-            x, leak = new_x, layer.leak_take(h, idx)
+                new_x, new_leak = layer.take(h, x, idx)
+            x, leak = new_x, new_leak
             codes.append(idx)
             all_logits.append(logits)
-            ks.append(layer.k)
         codes = torch.stack(codes, 1)  # (B, L)
         logp, entropy = path_log_probs(all_logits, codes, ks)
         return WalkResult(x, codes, logp.sum(1), entropy, rec, logp)
@@ -201,7 +203,7 @@ class DDNBase(nn.Module):
         if n < 1:
             raise ValueError(f"n must be >= 1, got n={n}")
         selector = self.default_selector() if guide is None else as_selector(guide, top_k)
-        rows = None if cond is None else cond.repeat_interleave(n, dim=0)  # (B*n, *cond)
+        rows = cond if cond is None or n == 1 else cond.repeat_interleave(n, dim=0)  # (B*n, *cond)
         res = self.walk(n if cond is None else rows.shape[0], selector, rows, generator, trace)
         if cond is not None:
             grid = (cond.shape[0], n)

@@ -42,18 +42,26 @@ class SelectionContext:
 class Selector:
     needs_candidates = True
 
+    def start_walk(self, ks: list[int], batch: int, device, generator) -> None:
+        """Called once before a walk's first layer with every layer's K: a selector
+        may draw the whole walk's randomness at once (one op instead of one per layer)."""
+
     def select(self, candidates: Tensor | None, ctx: SelectionContext) -> Tensor:
         raise NotImplementedError
 
 
-def _randint(high: int, size: tuple[int, ...], ctx: SelectionContext, device) -> Tensor:
+def _check_generator(ctx: SelectionContext, device) -> torch.Generator | None:
     gen = ctx.generator
     if gen is not None and gen.device.type != torch.device(device).type:
         raise ValueError(
             f"generator is on {gen.device} but sampling runs on {device}; "
             f"create it with torch.Generator(device='{torch.device(device).type}')"
         )
-    return torch.randint(high, size, generator=gen, device=device)
+    return gen
+
+
+def _randint(high: int, size: tuple[int, ...], ctx: SelectionContext, device) -> Tensor:
+    return torch.randint(high, size, generator=_check_generator(ctx, device), device=device)
 
 
 class Uniform(Selector):
@@ -69,13 +77,18 @@ def draw(weights: Tensor, ctx: SelectionContext) -> Tensor:
     """One index per row with probability proportional to weights (B, K), by inverting
     the cumulative sum (a few small ops; torch.multinomial costs ~50 us per call)."""
     cdf = weights.cumsum(dim=1)  # (B, K)
-    u = torch.rand(weights.shape[0], 1, generator=ctx.generator, device=weights.device)
+    gen = _check_generator(ctx, weights.device)
+    u = torch.rand(weights.shape[0], 1, generator=gen, device=weights.device)
     return (cdf < u * cdf[:, -1:]).sum(dim=1).clamp_max(weights.shape[1] - 1)
 
 
 class Prior(Selector):
     """Draw the node from the layer's learned selection prior, softmax(logits / T);
-    temperature 0 takes the most probable node."""
+    temperature 0 takes the most probable node.
+
+    Drawn by the Gumbel-max trick, argmax(logits / T + G) with G = -log(Exp(1)): exact,
+    and the walk's noise for all layers is drawn in `start_walk`, so each layer adds
+    only an add and an argmax (this runs once per layer per chunk)."""
 
     needs_candidates = False
 
@@ -83,6 +96,16 @@ class Prior(Selector):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got temperature={temperature}")
         self.temperature = temperature
+        self._gumbel: list[Tensor] = []  # this walk's noise, (B, K) per layer
+
+    def start_walk(self, ks, batch, device, generator):
+        self._gumbel = []
+        if self.temperature == 0:
+            return
+        if generator is not None and generator.device.type != torch.device(device).type:
+            return  # select() raises the clear error
+        race = torch.empty(batch, sum(ks), device=device).exponential_(generator=generator)
+        self._gumbel = list(race.log_().neg_().split(ks, dim=1))
 
     def select(self, candidates, ctx):
         if ctx.prior_logits is None:
@@ -90,10 +113,19 @@ class Prior(Selector):
                 "prior sampling was requested but this model was built without a selection "
                 "prior (prior=False); sample with Uniform() or rebuild with prior=True"
             )
+        logits = ctx.prior_logits
         if self.temperature == 0:
-            return ctx.prior_logits.argmax(dim=1)
-        probs = torch.softmax(ctx.prior_logits.float() / self.temperature, dim=1)
-        return draw(probs, ctx)
+            return logits.argmax(dim=1)
+        logits = logits if self.temperature == 1 else logits / self.temperature
+        if (
+            ctx.layer_index < len(self._gumbel)
+            and self._gumbel[ctx.layer_index].shape == logits.shape
+        ):
+            gumbel = self._gumbel[ctx.layer_index]
+        else:  # called outside a walk
+            gen = _check_generator(ctx, logits.device)
+            gumbel = torch.empty_like(logits).exponential_(generator=gen).log_().neg_()
+        return (logits + gumbel).argmax(dim=1)
 
 
 class Nearest(Selector):

@@ -51,7 +51,10 @@ class MinMaxNormalizer:
                 f"{key} has {x.shape[-1]} dims in its last axis, the stats have "
                 f"{s['scale'].numel()}"
             )
-        return s["scale"].to(x.device, x.dtype), s["offset"].to(x.device, x.dtype)
+        scale, offset = s["scale"], s["offset"]
+        if scale.device != x.device or scale.dtype != x.dtype:  # no dispatch when they match
+            scale, offset = scale.to(x.device, x.dtype), offset.to(x.device, x.dtype)
+        return scale, offset
 
     def normalize(self, key: str, x: Tensor) -> Tensor:
         scale, offset = self._get(key, x)

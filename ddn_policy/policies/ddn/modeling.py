@@ -112,10 +112,11 @@ class DDNPolicy(ChunkPolicy):
         if best_of and guide is None:
             raise ValueError(f"best_of={best_of} needs a guide to rank the hypotheses by")
         cond = self.model.encode_obs(self.normalizer.normalize("obs", obs))  # (B, C)
-        obs_rows = obs.repeat_interleave(draws, dim=0)  # (B*draws, To, Do)
         if self.config.compile and guide is None and generator is None:
             walk = self._compiled_sample()(cond, draws)
         else:
+            # the guide scores each row's candidates against that row's observation
+            obs_rows = obs.repeat_interleave(draws, dim=0) if guide is not None else None
             selector = self._selector(guide, obs_rows)
             walk = self.model.ddn.sample(
                 draws, cond, guide=selector, generator=generator, return_walk=True
