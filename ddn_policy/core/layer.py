@@ -47,6 +47,12 @@ def pick(candidates: Tensor, idx: Tensor) -> Tensor:
     return candidates.flatten(0, 1).index_select(0, flat_idx)
 
 
+def gathered_matmul(weight: Tensor, idx: Tensor, x: Tensor) -> Tensor:
+    """(K, O, F) per-node weights, (B,) nodes, (B, F, S) -> (B, O, S): row b through
+    node idx[b]'s matrix, written as a broadcast product and sum for the compiler."""
+    return (weight[idx].unsqueeze(-1) * x.unsqueeze(1)).sum(2)  # (B, O, F, S) -> (B, O, S)
+
+
 class DiscreteDistributionLayer(nn.Module):
     """K candidates from one bias-free pointwise head, plus the per-node statistics that
     the balancers (`SplitAndPrune`, `LossFreeBalance`) read and write.
@@ -180,7 +186,10 @@ class DiscreteDistributionLayer(nn.Module):
         # features share the layer's spatial axes; a single position needs no pooling
         spatial_dims = tuple(range(2, h.dim()))
         pooled = h.flatten(1) if math.prod(self.spatial) == 1 else h.mean(spatial_dims)
-        head = self.prior_head  # functional call: a module call costs more than the matmul
+        head = self.prior_head
+        if torch.compiler.is_compiling():  # a product and sum fuse into the next kernel
+            return (pooled.unsqueeze(1) * head.weight).sum(-1) + head.bias  # (B, K, F) -> (B, K)
+        # functional call: a module call costs more than this small matmul
         return F.linear(pooled, head.weight, head.bias)
 
     def _check_features(self, h: Tensor) -> None:
@@ -240,18 +249,26 @@ class DiscreteDistributionLayer(nn.Module):
         head, leak_half = (
             flat.split([self.head_in, self.leak_in], 1) if self.leak_in else (flat, None)
         )
-        rows = self.weight.index_select(0, idx)  # (B, C, head_in)
         residual = self._residual(prev)
-        if len(self.spatial) == 1 and residual is not None:  # (B, C, T): one fused op
-            out = torch.baddbmm(residual, rows, head)
+        if torch.compiler.is_compiling():
+            # gather and product as one expression: the compiler fuses them into one
+            # kernel, where a gather then an external bmm would be two plus a copy
+            out = gathered_matmul(self.weight, idx, head).view(batch, *self.sample_shape)
+            out = out if residual is None else out + residual
+        elif len(self.spatial) == 1 and residual is not None:  # (B, C, T): one fused op
+            out = torch.baddbmm(residual, self.weight.index_select(0, idx), head)
         else:
-            out = torch.bmm(rows, head).view(batch, *self.sample_shape)  # (B, C, *sp)
+            out = torch.bmm(self.weight.index_select(0, idx), head)  # (B, C, S)
+            out = out.view(batch, *self.sample_shape)
             out = out if residual is None else out + residual
         if leak_half is None:
             return out, None
-        leak = torch.bmm(self.leak_weight.index_select(0, idx), leak_half)  # (B, leak_out, S)
+        if torch.compiler.is_compiling():
+            leak = gathered_matmul(self.leak_weight, idx, leak_half)
+        else:
+            leak = torch.bmm(self.leak_weight.index_select(0, idx), leak_half)
         if len(self.spatial) != 1:
-            leak = leak.view(batch, self.leak_out, *self.spatial)
+            leak = leak.view(batch, self.leak_out, *self.spatial)  # (B, leak_out, *sp)
         return out, leak
 
     def leak_take(self, h: Tensor, idx: Tensor) -> Tensor | None:

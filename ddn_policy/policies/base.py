@@ -110,6 +110,8 @@ class ChunkPolicy(nn.Module):
                 f"got {tuple(obs.shape)}"
             )
         device = next(self.parameters()).device
+        if obs.device == device and obs.dtype == torch.float32:
+            return obs  # the common case costs no dispatch
         return obs.to(device, torch.float32)
 
     @staticmethod

@@ -80,17 +80,24 @@ class DDNPolicy(ChunkPolicy):
 
         return Guided(score, self.config.guide_top_k)
 
-    def _compiled_sample(self):
-        """The compiled unguided walk for the current sampling settings (kept per setting,
-        so set_inference does not leave a stale one)."""
+    def _draw(self, obs: Tensor, draws: int, selector, generator=None):
+        """obs (B, To, Do) env units -> chunks (B, draws, Tp, Da) env units, their path
+        log-probabilities (B, draws) and layer entropies (B, draws, L)."""
+        cond = self.model.encode_obs(self.normalizer.normalize("obs", obs))  # (B, C)
+        walk = self.model.ddn.sample(
+            draws, cond, guide=selector, generator=generator, return_walk=True
+        )
+        chunks = self.normalizer.unnormalize("action", self.model.from_sample(walk.x))
+        return chunks, walk.logprob, walk.entropy
+
+    def _compiled_draw(self):
+        """`_draw` compiled for the current unguided sampling settings, observation to
+        chunk in one graph (kept per setting, so set_inference leaves no stale one)."""
         key = (self.config.sampling, self.config.temperature)
         cache = self.__dict__.setdefault("_compiled", {})
         if key not in cache:
-            ddn, selector = self.model.ddn, self._selector(None, None)
-            cache[key] = torch.compile(
-                lambda cond, n: ddn.sample(n, cond, guide=selector, return_walk=True),
-                dynamic=False,
-            )
+            selector = self._selector(None, None)
+            cache[key] = torch.compile(lambda obs, n: self._draw(obs, n, selector), dynamic=False)
         return cache[key]
 
     @torch.no_grad()
@@ -111,18 +118,13 @@ class DDNPolicy(ChunkPolicy):
         draws = n * (best_of or 1)
         if best_of and guide is None:
             raise ValueError(f"best_of={best_of} needs a guide to rank the hypotheses by")
-        cond = self.model.encode_obs(self.normalizer.normalize("obs", obs))  # (B, C)
         if self.config.compile and guide is None and generator is None:
-            walk = self._compiled_sample()(cond, draws)
+            chunks, logprob, entropy = self._compiled_draw()(obs, draws)
         else:
             # the guide scores each row's candidates against that row's observation
             obs_rows = obs.repeat_interleave(draws, dim=0) if guide is not None else None
             selector = self._selector(guide, obs_rows)
-            walk = self.model.ddn.sample(
-                draws, cond, guide=selector, generator=generator, return_walk=True
-            )
-        chunks = self.normalizer.unnormalize("action", self.model.from_sample(walk.x))
-        logprob, entropy = walk.logprob, walk.entropy  # (B, draws), (B, draws, L)
+            chunks, logprob, entropy = self._draw(obs, draws, selector, generator)
         if best_of:
             chunks, logprob, entropy = self.keep_best(
                 guide, chunks, obs_rows, n, best_of, logprob, entropy
