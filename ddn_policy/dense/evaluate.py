@@ -77,19 +77,35 @@ def stroke_error(pred: Tensor, truth: Tensor, alpha: Tensor) -> float:
 
 
 @torch.no_grad()
+class ImageMeans:
+    """Per-batch scores averaged with each batch weighted by its images, so batches of
+    any size give the mean over images."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.images = 0
+
+    def add(self, scores: dict[str, float], images: int) -> None:
+        for k, v in scores.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * images
+        self.images += images
+
+    def rows(self) -> list[dict]:
+        return [{"metric": k, "value": v / self.images} for k, v in self.sums.items()]
+
+
 def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[dict]:
     """cfg: images, batch, hypotheses, depth_points, strokes, guided (bool)."""
     task, method = predictor.config.task, predictor.config.method
     guided_ok = cfg["guided"] and method == "ddn"
-    sums: dict[str, float] = {}
-    errors, spreads, seconds, images = [], [], 0.0, 0
+    means = ImageMeans()
+    errors, spreads, seconds = [], [], 0.0
     for i, batch in enumerate(batches(data, cfg["images"], cfg["batch"])):
         truth, mask = truth_of(task, batch)
         gen = torch.Generator().manual_seed(seed + i)
         start = time.perf_counter()
         out = predictor.predict(batch, n=cfg["hypotheses"], generator=gen)
         seconds += time.perf_counter() - start
-        images += truth.shape[0]
         hyps, point = out["hypotheses"], out["point"]
         scores = point_rows(task, point, truth, mask)
         if task == "color":
@@ -118,14 +134,13 @@ def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[
                 alpha = guide.weighted[:, 3:]
                 scores["stroke_error_guided"] = stroke_error(steered["point"], truth, alpha)
                 scores["stroke_error_free"] = stroke_error(point, truth, alpha)
-        for k, v in scores.items():  # weighted by images, so batches of any size average
-            sums[k] = sums.get(k, 0.0) + v * truth.shape[0]
-    rows = [{"metric": k, "value": v / images} for k, v in sums.items()]
+        means.add(scores, truth.shape[0])
+    rows = means.rows()
     spread = torch.cat(spreads)
     if float(spread.max()) > 0:  # a deterministic regressor has no uncertainty to rank by
         curve = sparsification(torch.cat(errors), spread)
         rows.append({"metric": "ause", "value": curve["ause"]})
-    rows.append({"metric": "ms_per_image", "value": 1000 * seconds / images})
+    rows.append({"metric": "ms_per_image", "value": 1000 * seconds / means.images})
     return rows
 
 
@@ -138,8 +153,7 @@ def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
     if predictor.config.method != "ddn":
         raise ValueError(f"selection_rows reads a DDN, got method={predictor.config.method!r}")
     task, ddn = predictor.config.task, predictor.model.ddn
-    sums: dict[str, float] = {}
-    images = 0
+    means = ImageMeans()
     for batch in batches(data, cfg["images"], cfg["batch"]):
         truth, mask = truth_of(task, batch)
         target = predictor.target(batch)
@@ -152,10 +166,8 @@ def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
         if walk.layer_logprob is not None and ddn.first_layer.has_prior:
             nll = -walk.layer_logprob.mean(0)  # (L,)
             scores |= {"prior_nll_first_layer": float(nll[0]), "prior_nll_mean": float(nll.mean())}
-        for k, v in scores.items():
-            sums[k] = sums.get(k, 0.0) + v * truth.shape[0]
-        images += truth.shape[0]
-    rows = [{"metric": k, "value": v / images} for k, v in sums.items()]
-    if "prior_nll_mean" in sums:
+        means.add(scores, truth.shape[0])
+    rows = means.rows()
+    if "prior_nll_mean" in means.sums:
         rows.append({"metric": "prior_nll_chance", "value": math.log(ddn.first_layer.k)})
     return rows
