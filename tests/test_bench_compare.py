@@ -53,6 +53,11 @@ def test_finished_runs_are_reused_and_changed_settings_rerun(tmp_path, monkeypat
     again, _ = bench_compare.compare(suite_config(tmp_path))
     assert again == rows
     assert len(list((tmp_path / "results" / "rows").glob("*-mse-*.json"))) == 1
+    # a partial suite's table: the committed rows only, the missing seed neither trained nor faked
+    partial, table = bench_compare.compare(
+        suite_config(tmp_path, "suite.seeds=[0,1]", "suite.committed_only=true")
+    )
+    assert partial == rows and "| obstacle-reach | 10 | mse | 1 |" in table
     with pytest.raises(AssertionError, match="trained again"):  # new hash: a new run
         bench_compare.compare(suite_config(tmp_path, "suite.steps=30"))
 

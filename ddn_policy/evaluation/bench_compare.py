@@ -17,7 +17,9 @@ from its last checkpoint); each evaluation of a checkpoint is cached beside it a
 A finished row is kept in `results_dir/rows/<run>-<method>-<eval hash>.json`, which is
 committed with the results: `cache_dir` does not outlive a session's machine, so a later
 session skips every committed row without training anything. A changed setting changes
-a hash, so stale runs are never mixed in.
+a hash, so stale runs are never mixed in. `suite.committed_only=true` tabulates the
+committed rows alone (training nothing): the honest table of a partial suite, with each
+row's number of seeds.
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ def method_row(
     setting: dict | None = None,
 ):
     """One (task, demos, seed, method) row; `setting` = {name, task: training options,
-    eval: evaluation-only options} for suites with settings."""
+    eval: evaluation-only options} for suites with settings. None when the row is not
+    committed and the suite asks for committed rows only."""
     from tasks import get_task
 
     setting = setting or {}
@@ -230,6 +233,8 @@ def method_row(
     settings, row_path = row_settings(s, task, demos, seed, name, method, setting)
     if row_path.is_file():
         return json.loads(row_path.read_text())
+    if s.get("committed_only", False):
+        return None
     train_spec = get_task(task, **task_options)
     spec = get_task(task, **task_options, **eval_options)
     run_dir = train(settings, cache, s.threads)
@@ -317,6 +322,7 @@ def compare(cfg: DictConfig) -> tuple[list[dict], str]:
                         rows.append(method_row(s.name, task, demos, seed, name, method, s, cache))
         groups = ["task", "demos", "method"]
         fields = ["success", "success_top5", "route0", "route1", "switch_rate", "train_s_per_step"]
+    rows = [r for r in rows if r is not None]  # committed_only: the finished rows
     table = markdown_table(aggregate(rows, groups, fields), [*groups, "seeds", *fields])
     return rows, table
 
