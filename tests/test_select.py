@@ -125,3 +125,4 @@ def test_prior_draws_follow_the_tempered_softmax(layer, temperature, in_walk):
     if in_walk:
         again.start_walk([3, layer.k], rows, "cpu", gen)
     assert torch.equal(again.select(None, ctx), drawn)  # one generator, one draw
+    assert not torch.equal(prior.select(None, ctx), drawn)  # a walk's noise is used once

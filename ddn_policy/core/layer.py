@@ -49,8 +49,12 @@ def pick(candidates: Tensor, idx: Tensor) -> Tensor:
 
 def gathered_matmul(weight: Tensor, idx: Tensor, x: Tensor) -> Tensor:
     """(K, O, F) per-node weights, (B,) nodes, (B, F, S) -> (B, O, S): row b through
-    node idx[b]'s matrix, written as a broadcast product and sum for the compiler."""
-    return (weight[idx].unsqueeze(-1) * x.unsqueeze(1)).sum(2)  # (B, O, F, S) -> (B, O, S)
+    node idx[b]'s matrix. Eager: gather then bmm (index_select, whose backward is
+    index_add, far faster on CPU than indexing's). Compiling: one broadcast product and
+    sum, which the compiler fuses into a kernel instead of a gather, a copy and a bmm."""
+    if torch.compiler.is_compiling():
+        return (weight[idx].unsqueeze(-1) * x.unsqueeze(1)).sum(2)  # (B, O, F, S) -> (B, O, S)
+    return torch.bmm(weight.index_select(0, idx), x)
 
 
 class DiscreteDistributionLayer(nn.Module):
@@ -250,24 +254,16 @@ class DiscreteDistributionLayer(nn.Module):
             flat.split([self.head_in, self.leak_in], 1) if self.leak_in else (flat, None)
         )
         residual = self._residual(prev)
-        if torch.compiler.is_compiling():
-            # gather and product as one expression: the compiler fuses them into one
-            # kernel, where a gather then an external bmm would be two plus a copy
-            out = gathered_matmul(self.weight, idx, head).view(batch, *self.sample_shape)
-            out = out if residual is None else out + residual
-        elif len(self.spatial) == 1 and residual is not None:  # (B, C, T): one fused op
-            out = torch.baddbmm(residual, self.weight.index_select(0, idx), head)
+        one_axis = len(self.spatial) == 1  # (B, C, T) samples need no view
+        if one_axis and residual is not None and not torch.compiler.is_compiling():
+            out = torch.baddbmm(residual, self.weight.index_select(0, idx), head)  # one op
         else:
-            out = torch.bmm(self.weight.index_select(0, idx), head)  # (B, C, S)
-            out = out.view(batch, *self.sample_shape)
+            out = gathered_matmul(self.weight, idx, head).view(batch, *self.sample_shape)
             out = out if residual is None else out + residual
         if leak_half is None:
             return out, None
-        if torch.compiler.is_compiling():
-            leak = gathered_matmul(self.leak_weight, idx, leak_half)
-        else:
-            leak = torch.bmm(self.leak_weight.index_select(0, idx), leak_half)
-        if len(self.spatial) != 1:
+        leak = gathered_matmul(self.leak_weight, idx, leak_half)  # (B, leak_out, S)
+        if not one_axis:
             leak = leak.view(batch, self.leak_out, *self.spatial)  # (B, leak_out, *sp)
         return out, leak
 
@@ -276,10 +272,9 @@ class DiscreteDistributionLayer(nn.Module):
         _, leak_half = self._split_features(h)
         if leak_half is None:
             return None
-        # index_select: its backward is index_add, far faster on CPU than indexing's.
-        rows = self.leak_weight.index_select(0, idx)  # (B, leak_out, leak_in)
         flat = leak_half.reshape(leak_half.shape[0], self.leak_in, -1)  # (B, F_leak, S)
-        return torch.bmm(rows, flat).view(leak_half.shape[0], self.leak_out, *self.spatial)
+        leak = gathered_matmul(self.leak_weight, idx, flat)  # (B, leak_out, S)
+        return leak.view(leak_half.shape[0], self.leak_out, *self.spatial)
 
     @torch.no_grad()
     def distances(self, candidates: Tensor, target: Tensor) -> Tensor:

@@ -96,7 +96,7 @@ class Prior(Selector):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got temperature={temperature}")
         self.temperature = temperature
-        self._gumbel: list[Tensor] = []  # this walk's noise, (B, K) per layer
+        self._gumbel: list[Tensor | None] = []  # this walk's unused noise, (B, K) per layer
 
     def start_walk(self, ks, batch, device, generator):
         self._gumbel = []
@@ -117,12 +117,11 @@ class Prior(Selector):
         if self.temperature == 0:
             return logits.argmax(dim=1)
         logits = logits if self.temperature == 1 else logits / self.temperature
-        if (
-            ctx.layer_index < len(self._gumbel)
-            and self._gumbel[ctx.layer_index].shape == logits.shape
-        ):
-            gumbel = self._gumbel[ctx.layer_index]
-        else:  # called outside a walk
+        gumbel, i = None, ctx.layer_index
+        if i < len(self._gumbel) and self._gumbel[i] is not None:
+            # each layer's noise is used once: a later call outside a walk draws afresh
+            gumbel, self._gumbel[i] = self._gumbel[i], None
+        if gumbel is None or gumbel.shape != logits.shape:  # outside a walk
             gen = _check_generator(ctx, logits.device)
             gumbel = torch.empty_like(logits).exponential_(generator=gen).log_().neg_()
         return (logits + gumbel).argmax(dim=1)
