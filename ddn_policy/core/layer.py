@@ -262,19 +262,21 @@ class DiscreteDistributionLayer(nn.Module):
             out = out if residual is None else out + residual
         if leak_half is None:
             return out, None
-        leak = gathered_matmul(self.leak_weight, idx, leak_half)  # (B, leak_out, S)
-        if not one_axis:
-            leak = leak.view(batch, self.leak_out, *self.spatial)  # (B, leak_out, *sp)
-        return out, leak
+        return out, self._leak(leak_half, idx)
 
     def leak_take(self, h: Tensor, idx: Tensor) -> Tensor | None:
         """The chosen node's leak feature: (B, leak_out, *sp), or None without leak."""
         _, leak_half = self._split_features(h)
         if leak_half is None:
             return None
-        flat = leak_half.reshape(leak_half.shape[0], self.leak_in, -1)  # (B, F_leak, S)
-        leak = gathered_matmul(self.leak_weight, idx, flat)  # (B, leak_out, S)
-        return leak.view(leak_half.shape[0], self.leak_out, *self.spatial)
+        return self._leak(leak_half.reshape(h.shape[0], self.leak_in, -1), idx)
+
+    def _leak(self, leak_half: Tensor, idx: Tensor) -> Tensor:
+        """(B, leak_in, S) leak features through each row's node -> (B, leak_out, *sp)."""
+        leak = gathered_matmul(self.leak_weight, idx, leak_half)  # (B, leak_out, S)
+        if len(self.spatial) == 1:  # already (B, leak_out, T): no view to dispatch
+            return leak
+        return leak.view(leak.shape[0], self.leak_out, *self.spatial)
 
     @torch.no_grad()
     def distances(self, candidates: Tensor, target: Tensor) -> Tensor:

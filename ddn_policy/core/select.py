@@ -50,8 +50,7 @@ class Selector:
         raise NotImplementedError
 
 
-def _check_generator(ctx: SelectionContext, device) -> torch.Generator | None:
-    gen = ctx.generator
+def _check_generator(gen: torch.Generator | None, device) -> torch.Generator | None:
     if gen is not None and gen.device.type != torch.device(device).type:
         raise ValueError(
             f"generator is on {gen.device} but sampling runs on {device}; "
@@ -61,7 +60,9 @@ def _check_generator(ctx: SelectionContext, device) -> torch.Generator | None:
 
 
 def _randint(high: int, size: tuple[int, ...], ctx: SelectionContext, device) -> Tensor:
-    return torch.randint(high, size, generator=_check_generator(ctx, device), device=device)
+    return torch.randint(
+        high, size, generator=_check_generator(ctx.generator, device), device=device
+    )
 
 
 class Uniform(Selector):
@@ -77,7 +78,7 @@ def draw(weights: Tensor, ctx: SelectionContext) -> Tensor:
     """One index per row with probability proportional to weights (B, K), by inverting
     the cumulative sum (a few small ops; torch.multinomial costs ~50 us per call)."""
     cdf = weights.cumsum(dim=1)  # (B, K)
-    gen = _check_generator(ctx, weights.device)
+    gen = _check_generator(ctx.generator, weights.device)
     u = torch.rand(weights.shape[0], 1, generator=gen, device=weights.device)
     return (cdf < u * cdf[:, -1:]).sum(dim=1).clamp_max(weights.shape[1] - 1)
 
@@ -102,9 +103,8 @@ class Prior(Selector):
         self._gumbel = []
         if self.temperature == 0:
             return
-        if generator is not None and generator.device.type != torch.device(device).type:
-            return  # select() raises the clear error
-        race = torch.empty(batch, sum(ks), device=device).exponential_(generator=generator)
+        gen = _check_generator(generator, device)
+        race = torch.empty(batch, sum(ks), device=device).exponential_(generator=gen)
         self._gumbel = list(race.log_().neg_().split(ks, dim=1))
 
     def select(self, candidates, ctx):
@@ -122,7 +122,7 @@ class Prior(Selector):
             # each layer's noise is used once: a later call outside a walk draws afresh
             gumbel, self._gumbel[i] = self._gumbel[i], None
         if gumbel is None or gumbel.shape != logits.shape:  # outside a walk
-            gen = _check_generator(ctx, logits.device)
+            gen = _check_generator(ctx.generator, logits.device)
             gumbel = torch.empty_like(logits).exponential_(generator=gen).log_().neg_()
         return (logits + gumbel).argmax(dim=1)
 
