@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -109,6 +111,7 @@ def test_chain_dropout_per_batch_is_all_or_nothing():
         ({"k": 4, "chain_dropout_per_sample": -0.1}, "chain_dropout_per_sample"),
         ({"k": 4, "distance": "cosine"}, "distance must be one of"),
         ({"k": 4, "chain_dropout_loss": "random"}, "chain_dropout_loss must be one of"),
+        ({"k": 4, "prior": True, "prior_grid": 0}, "prior_grid must be an integer >= 1"),
     ],
 )
 def test_bad_construction_names_the_value(kwargs, message):
@@ -133,3 +136,25 @@ def test_the_prior_reaches_the_features_only_when_asked(trains_features):
     out.prior_loss.backward()  # the cross-entropy alone
     assert layer.prior_head.weight.grad.abs().sum() > 0
     assert (h.grad is not None and h.grad.abs().sum() > 0) == trains_features
+
+
+@pytest.mark.parametrize("sample_shape", [(1, 8, 8), (2, 8)], ids=["map", "sequence"])
+def test_prior_grid_tells_where_the_features_are(sample_shape):
+    """Features with the same mean over positions, in different places: the mean-pooled
+    prior gives both the same logits, a prior on a grid of cells does not."""
+    spatial = sample_shape[1:]
+    left = torch.zeros(1, 4, *spatial)
+    left[..., : spatial[-1] // 2] = 1.0
+    right = left.flip(-1)
+    both = torch.cat([left, right])  # (2, F, *spatial)
+    torch.manual_seed(0)
+    pooled = DiscreteDistributionLayer(4, sample_shape, 3, prior=True)
+    gridded = DiscreteDistributionLayer(4, sample_shape, 3, prior=True, prior_grid=2)
+    assert gridded.prior_head.in_features == 4 * 2 ** len(spatial)
+    a, b = pooled.prior_logits(both)
+    assert torch.allclose(a, b)
+    a, b = gridded.prior_logits(both)
+    assert not torch.allclose(a, b)
+    # a grid beyond the layer's size reads every position once
+    whole = DiscreteDistributionLayer(4, sample_shape, 3, prior=True, prior_grid=64)
+    assert whole.prior_head.in_features == 4 * math.prod(spatial)

@@ -86,6 +86,9 @@ class DiscreteDistributionLayer(nn.Module):
     prior_trains_features: let the prior's cross-entropy reach the features too, so the
         trunk must encode what decides the nearest node (e.g. a scene's global motion,
         which nearest-only training never asks the coarsest candidates to depend on).
+    prior_grid: the prior reads the features average-pooled to this many cells per
+        spatial axis (1: the mean over positions). Deeper layers of an image DDN choose
+        among refinements of where the strokes already are, which a mean cannot tell.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class DiscreteDistributionLayer(nn.Module):
         init_range: float | None = None,
         prior: bool = False,
         prior_trains_features: bool = False,
+        prior_grid: int = 1,
     ):
         super().__init__()
         if int(k) != k or k < 2:
@@ -121,6 +125,8 @@ class DiscreteDistributionLayer(nn.Module):
                 f"leak=True splits the features in two and needs in_features >= 2, "
                 f"got in_features={in_features}; pass leak=False"
             )
+        if int(prior_grid) != prior_grid or prior_grid < 1:
+            raise ValueError(f"prior_grid must be an integer >= 1, got prior_grid={prior_grid}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got distance={distance!r}")
         check_probability("chain_dropout", chain_dropout)
@@ -159,7 +165,11 @@ class DiscreteDistributionLayer(nn.Module):
 
         # (K, F) weight rows + (K,) bias: node k's logit. Detached input by default, so
         # the prior learns to predict the trunk's choices without steering the trunk.
-        self.prior_head = nn.Linear(in_features, self.k) if prior else None
+        # The features are average-pooled to prior_grid cells per axis (at most the
+        # layer's size) and flattened, so a grid > 1 lets the prior see where things are.
+        self.prior_cells = tuple(min(int(prior_grid), s) for s in self.spatial)
+        cells = math.prod(self.prior_cells)
+        self.prior_head = nn.Linear(in_features * cells, self.k) if prior else None
         self.prior_trains_features = prior_trains_features
 
         # Balance statistics: buffers, so they travel with state_dict and .to(device).
@@ -187,9 +197,14 @@ class DiscreteDistributionLayer(nn.Module):
             raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
         if torch.is_grad_enabled() and not self.prior_trains_features:
             h = h.detach()
-        # features share the layer's spatial axes; a single position needs no pooling
-        spatial_dims = tuple(range(2, h.dim()))
-        pooled = h.flatten(1) if math.prod(self.spatial) == 1 else h.mean(spatial_dims)
+        # features share the layer's spatial axes; one cell per position needs no pooling
+        if self.prior_cells == self.spatial:
+            pooled = h.flatten(1)  # (B, F * prod(spatial))
+        elif math.prod(self.prior_cells) == 1:
+            pooled = h.mean(tuple(range(2, h.dim())))  # (B, F)
+        else:
+            pool = F.adaptive_avg_pool1d if len(self.spatial) == 1 else F.adaptive_avg_pool2d
+            pooled = pool(h, self.prior_cells).flatten(1)  # (B, F * prod(prior_cells))
         head = self.prior_head
         if torch.compiler.is_compiling():  # a product and sum fuse into the next kernel
             return (pooled.unsqueeze(1) * head.weight).sum(-1) + head.bias  # (B, K, F) -> (B, K)

@@ -40,6 +40,7 @@ class ImageDDNConfig:
     chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
     prior: bool = False  # learned selection prior per layer
     prior_trains_features: bool = False  # the prior's cross-entropy also trains the blocks
+    prior_grid: int = 1  # the prior reads features pooled to this many cells per axis
     head_init: float | None = None  # init range of the DDL heads after the first
     groups: int = 8  # GroupNorm groups (capped by each width)
 
@@ -177,6 +178,7 @@ def image_layer(cfg: ImageDDNConfig, width: int, size: int, first: bool, residua
         learn_residual=residual,
         prior=cfg.prior,
         prior_trains_features=cfg.prior_trains_features,
+        prior_grid=cfg.prior_grid,
         chain_dropout=cfg.chain_dropout,
         chain_dropout_per_sample=cfg.chain_dropout_per_sample,
         chain_dropout_loss=cfg.chain_dropout_loss,
