@@ -193,3 +193,21 @@ def test_latents_as_bit_strings_round_trip_and_name_bad_lengths(digits):
         bits_to_codes(["0" * 17], ks)
     with pytest.raises(ValueError, match=r"power of 2, got K=\[6\]"):
         codes_to_bits(torch.zeros(1, 2, dtype=torch.long), [6, 6])
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_kept_prefix_replays_the_latent_then_samples_as_the_model_does(digits, prior):
+    from ddn_policy.images.evaluate import KeptPrefix
+
+    torch.manual_seed(0)
+    model = generator(prior=prior, prior_grid=2).model
+    codes = model.encode(digits.images[:5])  # (5, 6)
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    whole = model.walk(5, KeptPrefix(codes, 6, model.default_selector()), None, seeded())
+    torch.testing.assert_close(whole.x, model.decode(codes))  # every layer kept: a decode
+    none = model.walk(5, KeptPrefix(codes, 0, model.default_selector()), None, seeded())
+    plain = model.walk(5, model.default_selector(), None, seeded())
+    torch.testing.assert_close(none.x, plain.x)  # no layer kept: the model's own sample
+    half = model.walk(5, KeptPrefix(codes, 3, model.default_selector()), None, seeded())
+    assert torch.equal(half.codes[:, :3], codes[:, :3])
+    assert not torch.equal(half.codes[:, 3:], codes[:, 3:])

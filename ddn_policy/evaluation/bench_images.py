@@ -32,6 +32,7 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
         conditional,
         ddn_unconditional,
         held_out,
+        path_choice,
         sample_quality,
         timed,
         zscg,
@@ -77,6 +78,10 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
         return found
 
     rows = cached(run_dir / f"eval-unconditional-{key}.json", unconditional)
+    rows += cached(
+        run_dir / f"eval-path-choice-{key}.json",
+        lambda: path_choice(name, generator, data, classifier, s.eval.samples, seed),
+    )
     if name in s.zscg_models:
 
         def guided():

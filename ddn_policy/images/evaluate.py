@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ddn_policy.core import RankSum
+from ddn_policy.core.select import Selector
 from ddn_policy.images.generator import bits_per_image, lowres
 from ddn_policy.images.guides import (
     MASKS,
@@ -86,6 +87,45 @@ def ddn_unconditional(
         for i, d in enumerate(dead)
     ]
     return out, samples
+
+
+class KeptPrefix(Selector):
+    """The first `kept` layers replay `codes`; the rest choose as `then` does."""
+
+    def __init__(self, codes: torch.Tensor, kept: int, then: Selector):
+        self.codes, self.kept, self.then = codes, kept, then
+        self.needs_candidates = then.needs_candidates
+
+    def start_walk(self, ks, batch, device, generator):
+        self.then.start_walk(ks, batch, device, generator)
+
+    def select(self, candidates, ctx):
+        if ctx.layer_index < self.kept:
+            return self.codes[:, ctx.layer_index].to(ctx.prev.device)
+        return self.then.select(candidates, ctx)
+
+
+@torch.no_grad()
+def path_choice(name, generator, data, classifier, n: int, seed: int) -> list[dict]:
+    """Where sampling loses quality: classifier-FD of images whose first m layers are
+    the latent of a training image and whose other layers the model's own sampler
+    chooses (uniform, or its prior), for m = 0 (a plain sample) .. L (a
+    reconstruction). A gap between m = L and m = 0 is the path choice, not the
+    generator."""
+    train, test = data
+    real = features(classifier, test.images)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    model = generator.model
+    codes = generator.encode(train.images[pick])  # (n, L)
+    rows = []
+    for kept in range(model.num_layers + 1):
+        selector = KeptPrefix(codes, kept, model.default_selector())
+        gen = torch.Generator().manual_seed(seed)
+        x = model.walk(n, selector, None, gen).x
+        fd = frechet_distance(features(classifier, x), real)
+        rows.append({"model": name, "metric": "classifier_fd_kept_layers", "value": fd,
+                     "kept_layers": kept})  # fmt: skip
+    return rows
 
 
 @torch.no_grad()
