@@ -146,6 +146,6 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
             r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
         ]
     rows += same_run_timing(run_dirs, s)
-    columns = ["model", "task", "samples", "sampler", "metric", "value"]
+    columns = ["model", "task", "samples", "sampler", "kept_layers", "metric", "value"]
     shown = [r for r in rows if r["metric"] != "dead_node_fraction"]
     return rows, markdown_table(shown, columns)
