@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ddn_policy.core import RankSum
-from ddn_policy.core.select import Selector
+from ddn_policy.core.select import FromCodes, Selector
 from ddn_policy.images.generator import bits_per_image, lowres
 from ddn_policy.images.guides import (
     MASKS,
@@ -90,19 +90,19 @@ def ddn_unconditional(
 
 
 class KeptPrefix(Selector):
-    """The first `kept` layers replay `codes`; the rest choose as `then` does."""
+    """The first `kept` layers replay `codes` (as FromCodes, with its checks); the rest
+    choose as `then` does."""
 
     def __init__(self, codes: torch.Tensor, kept: int, then: Selector):
-        self.codes, self.kept, self.then = codes, kept, then
+        self.replay, self.kept, self.then = FromCodes(codes), kept, then
         self.needs_candidates = then.needs_candidates
 
     def start_walk(self, ks, batch, device, generator):
         self.then.start_walk(ks, batch, device, generator)
 
     def select(self, candidates, ctx):
-        if ctx.layer_index < self.kept:
-            return self.codes[:, ctx.layer_index].to(ctx.prev.device)
-        return self.then.select(candidates, ctx)
+        chooser = self.replay if ctx.layer_index < self.kept else self.then
+        return chooser.select(candidates, ctx)
 
 
 @torch.no_grad()
