@@ -7,6 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONFIGS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
 
 
 @pytest.mark.slow
@@ -48,3 +52,23 @@ def test_images_suite_writes_rows_and_pictures_and_resumes_from_its_cache(tmp_pa
 
     rerun = json.loads((results / "results.json").read_text())
     assert cached_rows(rerun) == cached_rows(rows)
+
+
+def test_each_image_experiment_sets_its_own_balancing_horizon(monkeypatch, tmp_path):
+    """The suite passes no balance override: the experiment's yaml decides, so the
+    reference rule (1.0) and the settled variant (0.7) both reach the training."""
+    from ddn_policy.evaluation import bench_images
+
+    seen = {}
+    monkeypatch.setattr(bench_images, "train_once", lambda d, o, t: seen.setdefault(d.name, o))
+    suite = OmegaConf.create(
+        {"steps": 5, "batch_size": 4, "seed": 0, "cache_dir": str(tmp_path), "threads": 1}
+    )
+    horizons = {}
+    for name, expected in (("digits-small-prior", 1.0), ("digits-small-prior-settle", 0.7)):
+        bench_images.train(name, suite)
+        (overrides,) = [o for d, o in seen.items() if d.startswith(name + "-s0")]
+        assert not any(o.startswith("train.balance_until") for o in overrides)
+        with initialize_config_dir(CONFIGS, version_base="1.3"):
+            horizons[name] = compose("train", overrides=overrides).train.balance_until
+        assert horizons[name] == expected
