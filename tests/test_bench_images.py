@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -72,3 +73,33 @@ def test_each_image_experiment_sets_its_own_balancing_horizon(monkeypatch, tmp_p
         with initialize_config_dir(CONFIGS, version_base="1.3"):
             horizons[name] = compose("train", overrides=overrides).train.balance_until
         assert horizons[name] == expected
+
+
+def test_refit_writes_a_loadable_model_once_and_reuses_it(monkeypatch, tmp_path):
+    from ddn_policy.core import prior_refit
+    from ddn_policy.evaluation import bench_images
+    from ddn_policy.images.generator import ImageGenerator
+    from tests.test_images import generator
+
+    run_dir = tmp_path / "digits-x"
+    trained = generator(prior=True)
+    trained.save_pretrained(run_dir / "checkpoints" / "last" / "pretrained_model")
+    suite = OmegaConf.create(
+        {"refit": {"val_fraction": 0.25, "max_epochs": 3, "patience": 2, "batch_size": 8}}
+    )
+    calls, real = [], prior_refit.refit_priors
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prior_refit, "refit_priors", counted)
+    images = torch.rand(16, 1, 32, 32) * 2 - 1
+    first = bench_images.refit("digits-x", run_dir, suite, images)
+    again = bench_images.refit("digits-x", run_dir, suite, images)
+    assert first == again and len(calls) == 1
+    assert len(json.loads((first / "refit_report.json").read_text())) == trained.model.num_layers
+    refitted = ImageGenerator.from_pretrained(first / "checkpoints" / "last" / "pretrained_model")
+    heads = {k for k, v in trained.model.state_dict().items()
+             if not torch.equal(v, refitted.model.state_dict()[k])}  # fmt: skip
+    assert all(".prior_head." in k for k in heads)

@@ -197,19 +197,23 @@ class DiscreteDistributionLayer(nn.Module):
             raise ValueError("this layer was built with prior=False; rebuild it with prior=True")
         if torch.is_grad_enabled() and not self.prior_trains_features:
             h = h.detach()
-        # features share the layer's spatial axes; one cell per position needs no pooling
-        if self.prior_cells == self.spatial:
-            pooled = h.flatten(1)  # (B, F * prod(spatial))
-        elif math.prod(self.prior_cells) == 1:
-            pooled = h.mean(tuple(range(2, h.dim())))  # (B, F)
-        else:
-            pool = F.adaptive_avg_pool1d if len(self.spatial) == 1 else F.adaptive_avg_pool2d
-            pooled = pool(h, self.prior_cells).flatten(1)  # (B, F * prod(prior_cells))
+        pooled = self.prior_inputs(h)
         head = self.prior_head
         if torch.compiler.is_compiling():  # a product and sum fuse into the next kernel
             return (pooled.unsqueeze(1) * head.weight).sum(-1) + head.bias  # (B, K, F) -> (B, K)
         # functional call: a module call costs more than this small matmul
         return F.linear(pooled, head.weight, head.bias)
+
+    def prior_inputs(self, h: Tensor) -> Tensor:
+        """What the prior head reads: features (B, F, *sp) average-pooled to the prior's
+        cells and flattened, (B, F * prod(prior_cells))."""
+        # features share the layer's spatial axes; one cell per position needs no pooling
+        if self.prior_cells == self.spatial:
+            return h.flatten(1)  # (B, F * prod(spatial))
+        if math.prod(self.prior_cells) == 1:
+            return h.mean(tuple(range(2, h.dim())))  # (B, F)
+        pool = F.adaptive_avg_pool1d if len(self.spatial) == 1 else F.adaptive_avg_pool2d
+        return pool(h, self.prior_cells).flatten(1)  # (B, F * prod(prior_cells))
 
     def _check_features(self, h: Tensor) -> None:
         if h.shape[1] != self.in_features or tuple(h.shape[2:]) != self.spatial:

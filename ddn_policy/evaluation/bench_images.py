@@ -26,6 +26,28 @@ def train(name: str, s: DictConfig) -> Path:
     return train_once(run_dir, overrides, s.threads)
 
 
+def refit(name: str, run_dir: Path, s: DictConfig, train_images: torch.Tensor) -> Path:
+    """`name`'s trained model with its selection priors refitted to its final weights
+    (ddn_policy/core/prior_refit.py), kept as run_dir/refit-<settings>/ in the layout
+    of a training run so it is evaluated and timed like one; cached (the manifest is
+    written last)."""
+    from ddn_policy.core.prior_refit import PriorRefitConfig, refit_priors
+    from ddn_policy.images.generator import ImageGenerator
+    from ddn_policy.utils.io import MANIFEST, atomic_write_text
+
+    settings = OmegaConf.to_container(s.refit, resolve=True)
+    out = run_dir / f"refit-{settings_key(settings)}"
+    saved = out / "checkpoints" / "last" / "pretrained_model"
+    if not (saved / MANIFEST).is_file():
+        generator = ImageGenerator.from_pretrained(
+            run_dir / "checkpoints" / "last" / "pretrained_model"
+        )
+        report = refit_priors(generator.model, train_images, cfg=PriorRefitConfig(**settings))
+        atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
+        generator.save_pretrained(saved)
+    return out
+
+
 def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:
     """The cached evaluations of one trained model, by what it is."""
     from ddn_policy.images.evaluate import (
@@ -141,6 +163,8 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
         value = accuracy(net, data[1].images, data[1].labels)
         rows.append({"model": role, "metric": "test_accuracy", "value": value})
     run_dirs = {name: train(name, s) for name in s.experiments}
+    for name in [n for n in s.refit_models if n in run_dirs]:  # like zscg_models
+        run_dirs[f"{name}-refit"] = refit(name, run_dirs[name], s, data[0].images)
     for name, run_dir in run_dirs.items():
         rows += [
             r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
