@@ -48,6 +48,18 @@ def refit(name: str, run_dir: Path, s: DictConfig, train_images: torch.Tensor) -
     return out
 
 
+def refit_rows(name: str, refit_dir: Path) -> list[dict]:
+    """The refit's held-out cross-entropy (nats) of the prior against the nearest-node
+    paths, before (the prior as trained) and after: first layer and mean over layers."""
+    report = json.loads((refit_dir / "refit_report.json").read_text())
+    rows = []
+    for when in ("before", "after"):
+        values = [r[f"val_nll_{when}"] for r in report]
+        for what, value in (("first_layer", values[0]), ("mean", sum(values) / len(values))):
+            rows.append({"model": name, "metric": f"prior_nll_{what}_{when}_refit", "value": value})
+    return rows
+
+
 def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:
     """The cached evaluations of one trained model, by what it is."""
     from ddn_policy.images.evaluate import (
@@ -165,6 +177,7 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     run_dirs = {name: train(name, s) for name in s.experiments}
     for name in [n for n in s.refit_models if n in run_dirs]:  # like zscg_models
         run_dirs[f"{name}-refit"] = refit(name, run_dirs[name], s, data[0].images)
+        rows += refit_rows(f"{name}-refit", run_dirs[f"{name}-refit"])
     for name, run_dir in run_dirs.items():
         rows += [
             r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
