@@ -8,6 +8,7 @@ import torch
 from ddn_policy.core import Prior, Uniform, prior_log_prob
 from ddn_policy.core.prior_refit import PriorRefitConfig, refit_priors
 from ddn_policy.evaluation.bench_sampling import conditional_modes, mode_statistics
+from ddn_policy.models.image import ImageDDNConfig, image_ddn
 from tests.helpers import tiny_net
 
 CENTRES = [-0.8, 0.8]
@@ -121,3 +122,6 @@ def test_refit_rejects_bad_settings_and_models_without_a_prior():
         PriorRefitConfig(patience=0)
     with pytest.raises(ValueError, match="prior=True"):
         refit_priors(tiny_net(), torch.zeros(10, 1))
+    shared = image_ddn(ImageDDNConfig(form="recurrent", num_steps=3, unet_width=8, prior=True))
+    with pytest.raises(ValueError, match="recurrence form"):
+        refit_priors(shared, torch.zeros(10, 1, 32, 32))

@@ -59,7 +59,9 @@ def nearest_path_inputs(
         for i, (block, layer) in enumerate(model.stages()):
             h = block(h, x, leak, c)
             cands = layer.candidates(h, x)  # (B, K, C, *sp)
-            idx = layer.distances(cands, target).argmin(1)  # (B,)
+            # training's rule for "nearest" (log-distance less any loss-free balance bias)
+            score = layer.distances(cands, target).clamp_min(1e-12).log() - layer.select_bias
+            idx = score.argmin(1)  # (B,)
             x, leak = pick(cands, idx), layer.leak_take(h, idx)
             if start == 0:
                 inputs.append([])
@@ -83,6 +85,12 @@ def refit_priors(
     cfg = cfg or PriorRefitConfig()
     if not model.has_prior:
         raise ValueError("this model has no selection prior to refit; build it with prior=True")
+    layers = [layer for _, layer in model.stages()]
+    if len({id(layer) for layer in layers}) != len(layers):
+        raise ValueError(
+            "this model applies one layer at several stages (the recurrence form), so its "
+            "prior head cannot be fitted per stage; refit a single-shot model"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(targets), generator=gen)
     n_val = max(1, int(round(cfg.val_fraction * len(targets))))
