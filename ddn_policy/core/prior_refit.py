@@ -51,21 +51,19 @@ def nearest_path_inputs(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Per layer, what its prior head reads (N, P_l) and the nearest node (N,) along the
     nearest-node path of each target (what the prior is trained to predict)."""
-    inputs, codes = [], []
+    stages = list(model.stages())
+    inputs, codes = [[] for _ in stages], [[] for _ in stages]
     for start in range(0, len(targets), batch_size):
         target = targets[start : start + batch_size]
         c = None if cond is None else cond[start : start + batch_size]
         h, x, leak = None, model._zeros(target.shape[0], target), None
-        for i, (block, layer) in enumerate(model.stages()):
+        for i, (block, layer) in enumerate(stages):
             h = block(h, x, leak, c)
             cands = layer.candidates(h, x)  # (B, K, C, *sp)
             # training's rule for "nearest" (log-distance less any loss-free balance bias)
             score = layer.distances(cands, target).clamp_min(1e-12).log() - layer.select_bias
             idx = score.argmin(1)  # (B,)
             x, leak = pick(cands, idx), layer.leak_take(h, idx)
-            if start == 0:
-                inputs.append([])
-                codes.append([])
             inputs[i].append(layer.prior_inputs(h))
             codes[i].append(idx)
     return [torch.cat(v) for v in inputs], [torch.cat(v) for v in codes]
