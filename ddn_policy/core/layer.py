@@ -306,6 +306,12 @@ class DiscreteDistributionLayer(nn.Module):
         d = diff.square() if self.distance == "l2" else diff.abs()
         return d.flatten(2).mean(-1)
 
+    def nearness(self, dist: Tensor) -> Tensor:
+        """(B, K) the score whose smallest entry is "the nearest node" in training.
+        Loss-free balance biases the choice in log-distance (scale-free); the bias is
+        zero unless LossFreeBalance is used, and then this ranks as plain distance."""
+        return dist.clamp_min(1e-12).log() - self.select_bias
+
     # ------------------------------------------------------------------ training
     def train_step(self, h: Tensor, prev: Tensor | None, target: Tensor) -> LayerOutput:
         """Nearest-candidate training with chain dropout; updates the statistics."""
@@ -313,10 +319,7 @@ class DiscreteDistributionLayer(nn.Module):
         dist = self.distances(cands, target)  # (B, K)
         batch = dist.shape[0]
         with torch.no_grad():
-            # Loss-free balance biases the choice in log-distance (scale-free); the bias
-            # is zero unless LossFreeBalance is used, and then this is plain argmin.
-            score = dist.clamp_min(1e-12).log() - self.select_bias
-            ranked = score.topk(2, dim=1, largest=False).indices  # (B, 2)
+            ranked = self.nearness(dist).topk(2, dim=1, largest=False).indices  # (B, 2)
             nearest, second = ranked[:, 0], ranked[:, 1]
             self._record(nearest, second, dist)
             idx = nearest.clone()

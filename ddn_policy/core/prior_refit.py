@@ -60,9 +60,7 @@ def nearest_path_inputs(
         for i, (block, layer) in enumerate(stages):
             h = block(h, x, leak, c)
             cands = layer.candidates(h, x)  # (B, K, C, *sp)
-            # training's rule for "nearest" (log-distance less any loss-free balance bias)
-            score = layer.distances(cands, target).clamp_min(1e-12).log() - layer.select_bias
-            idx = score.argmin(1)  # (B,)
+            idx = layer.nearness(layer.distances(cands, target)).argmin(1)  # (B,)
             x, leak = pick(cands, idx), layer.leak_take(h, idx)
             inputs[i].append(layer.prior_inputs(h))
             codes[i].append(idx)
