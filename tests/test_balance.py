@@ -108,10 +108,31 @@ def test_split_updates_counts_by_the_reference_rule():
     assert layer.loss_acc[2] == layer.loss_acc[0]
 
 
+def test_bad_half_life_names_the_value():
+    with pytest.raises(ValueError, match="half_life=-1"):
+        SplitAndPrune(_layer_with_counts(), half_life=-1)
+
+
 def test_min_count_delays_the_first_split():
     layer = _layer_with_counts()
     assert SplitAndPrune(layer, min_count=1000).step() == []
     assert len(SplitAndPrune(layer, min_count=100).step()) == 1
+
+
+def test_forgetting_statistics_prune_a_node_that_stopped_winning():
+    # node 3 won its share for a long time, then stopped; the others go on winning
+    def history(half_life):
+        layer = _layer_with_counts()
+        layer.count.copy_(t([2000, 2000, 2000, 2000]))
+        balancer = SplitAndPrune(layer, half_life=half_life)
+        events = []
+        for _ in range(40):
+            layer.count[:3] += 30  # recent wins, none for node 3
+            events += balancer.step()
+        return events
+
+    assert history(half_life=0) == []  # since creation: node 3 still holds 0.69/K
+    assert history(half_life=5)[0].prune == 3
 
 
 def test_statistics_survive_save_and_load(tmp_path):

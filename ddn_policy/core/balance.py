@@ -61,6 +61,12 @@ class SplitAndPrune:
     min_count: no decision for a layer until it has seen this many samples in total (a
         warm-up the reference lacks; 0 reproduces the reference, which splits from the
         first batch).
+    half_life: the statistics forget, halving every `half_life` steps (0: kept since
+        creation, as the reference). Counts since creation hide a node that stopped
+        winning: one that won its share for most of training keeps a share above the
+        prune threshold long after it died (digits-small-prior ended with 14% of its
+        2x2 nodes chosen for no training image, each holding 0.6-1.2x the uniform share
+        of the cumulative count).
     """
 
     def __init__(
@@ -69,21 +75,30 @@ class SplitAndPrune:
         optimizer: torch.optim.Optimizer | None = None,
         mirrors: Sequence[nn.Module] = (),
         min_count: int = 0,
+        half_life: float = 0,
     ):
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got min_count={min_count}")
+        if not half_life >= 0:
+            raise ValueError(
+                f"half_life is in steps, >= 0 (0: never forget), got half_life={half_life}"
+            )
         self.layers = ddn_layers(model)
         if not self.layers:
             raise ValueError("SplitAndPrune found no DiscreteDistributionLayer in the model")
         self.optimizer = optimizer
         self.mirrors = [dict(ddn_layers(m)) for m in mirrors]
         self.min_count = min_count
+        self.retain = 0.5 ** (1.0 / half_life) if half_life > 0 else 1.0
         self.total_splits = 0
 
     @torch.no_grad()
     def step(self) -> list[SplitEvent]:
         events = []
         for name, layer in self.layers:
+            if self.retain < 1.0:
+                for stat in (layer.count, layer.near2, layer.loss_acc):
+                    stat.mul_(self.retain)
             if float(layer.count.sum()) < max(self.min_count, 1):
                 continue
             decision = split_decision(layer.count, layer.loss_acc)
@@ -199,10 +214,11 @@ def make_balancer(
     mirrors: Sequence[nn.Module] = (),
     min_count: int = 0,
     rate: float = 0.01,
+    half_life: float = 0,
 ):
     """One of SplitAndPrune, LossFreeBalance, or None (kind='none')."""
     if kind == "split_prune":
-        return SplitAndPrune(model, optimizer, mirrors, min_count)
+        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life)
     if kind == "loss_free":
         return LossFreeBalance(model, rate)
     if kind == "none":

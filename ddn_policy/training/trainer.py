@@ -67,6 +67,9 @@ class TrainConfig:
     ema_max_decay: float = 0.9999  # ... capped here
     balance: str = "split_prune"  # "split_prune", "loss_free" or "none"
     balance_min_count: int = 0  # SplitAndPrune warm-up (samples seen per layer)
+    # SplitAndPrune statistics halve every this many steps, so a node that stopped winning
+    # is pruned (0: counts since creation, the reference's rule)
+    balance_half_life: float = 0
     # Fraction of the steps during which the balancer acts. Under a condition splits never
     # stop firing, and the selection prior needs steps after the last one to learn the
     # final nodes' frequencies (1.0: balance to the end, as the reference).
@@ -84,7 +87,13 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "eval_every", "balance_min_count"):
+        for name in (
+            "warmup_steps",
+            "checkpoint_every",
+            "eval_every",
+            "balance_min_count",
+            "balance_half_life",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
         for name in ("lr", "loss_free_rate"):
@@ -139,6 +148,7 @@ class Trainer:
             [self.ema.module],
             cfg.balance_min_count,
             cfg.loss_free_rate,
+            cfg.balance_half_life,
         )
         self.statistics = StepStatistics(policy.model)
         self.loss_forward = policy.compute_loss
