@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from ddn_policy.evaluation import bench_compare
 
@@ -99,3 +100,30 @@ def test_a_method_can_train_its_own_policy_fields(tmp_path):
     own = bench_compare.training_settings(cfg.suite, "t", 10, "ddn", 0, None, {"model": {"k": 4}})
     assert plain["policy_overrides"] == {} and own["policy_overrides"] == {"model": {"k": 4}}
     assert "++policy.model.k=4" in bench_compare.overrides_of(own)
+
+
+def test_a_refit_method_reuses_the_training_and_refits_each_checkpoint_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = suite_config(
+        tmp_path,
+        "+suite.methods.ddn_refit={policy: ddn, refit: true}",
+        "suite.refit.max_epochs=5",
+        "suite.run_methods=[ddn,ddn_refit]",
+    )
+    plain, refit = bench_compare.compare(cfg)[0]
+    assert plain["config_hash"] == refit["config_hash"]  # one training, two methods
+    assert "prior_nll_after_refit" not in plain
+    assert refit["prior_nll_after_refit"] <= refit["prior_nll_before_refit"]
+    saved = sorted((tmp_path / "cache").glob("*/checkpoints/[0-9]*/refit-*/pretrained_model"))
+    assert len(saved) == 2  # the checkpoints at steps 10 and 20
+    # rows lost, cache kept: the refitted models and their evaluations are reused
+    shutil.rmtree(tmp_path / "results")
+    monkeypatch.setattr(
+        "ddn_policy.policies.ddn.modeling.refit_priors", lambda *a: pytest.fail("refitted twice")
+    )
+    assert bench_compare.compare(cfg)[0] == [plain, refit]
+    assert bench_compare.refit_settings(cfg.suite, {"refit": True})["max_epochs"] == 5
+    no_block = bench_compare.refit_settings(OmegaConf.create({}), {"refit": True})
+    assert no_block["max_epochs"] == 300  # a suite without a refit block: PriorRefitConfig's
+    with pytest.raises(ValueError, match="refit=true.*policy='mse' has none"):
+        bench_compare.compare(suite_config(tmp_path, "+suite.methods.x={policy: mse, refit: true}"))

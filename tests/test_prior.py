@@ -125,3 +125,15 @@ def test_refit_rejects_bad_settings_and_models_without_a_prior():
     shared = image_ddn(ImageDDNConfig(form="recurrent", num_steps=3, unet_width=8, prior=True))
     with pytest.raises(ValueError, match="recurrence form"):
         refit_priors(shared, torch.zeros(10, 1, 32, 32))
+
+
+def test_held_out_targets_are_whole_groups():
+    from ddn_policy.core.prior_refit import held_out_first
+
+    groups = torch.arange(10).repeat_interleave(7)  # 10 episodes of 7 windows
+    order, n_val = held_out_first(70, 0.2, torch.Generator().manual_seed(0), groups)
+    held, kept = set(groups[order[:n_val]].tolist()), set(groups[order[n_val:]].tolist())
+    assert n_val == 14 and len(held) == 2 and not held & kept
+    assert sorted(order.tolist()) == list(range(70))
+    with pytest.raises(ValueError, match=r"shape \(70,\), got \(69,\)"):
+        held_out_first(70, 0.2, torch.Generator(), groups[:69])

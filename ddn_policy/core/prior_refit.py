@@ -72,12 +72,38 @@ def _nll(head: torch.nn.Linear, inputs: Tensor, codes: Tensor) -> float:
         return float(F.cross_entropy(F.linear(inputs, head.weight, head.bias), codes))
 
 
+def held_out_first(n: int, val_fraction: float, gen: torch.Generator, groups=None):
+    """A random order of n rows whose first `n_val` rows are the held-out ones, and
+    n_val. With `groups` (n ints, e.g. each action window's episode) whole groups are
+    held out: windows of one episode overlap, so a window held out beside its
+    neighbours would not test generalisation."""
+    if groups is None:
+        order = torch.randperm(n, generator=gen)
+        return order, max(1, int(round(val_fraction * n)))
+    groups = torch.as_tensor(groups)
+    if groups.shape != (n,):
+        raise ValueError(
+            f"groups must hold one id per target, shape ({n},), got {tuple(groups.shape)}"
+        )
+    ids = groups.unique()
+    ids = ids[torch.randperm(len(ids), generator=gen)]
+    n_groups = max(1, int(round(val_fraction * len(ids))))
+    held = torch.isin(groups, ids[:n_groups])
+    order = torch.cat([held.nonzero().flatten(), (~held).nonzero().flatten()])
+    return order, int(held.sum())
+
+
 def refit_priors(
-    model: DDNBase, targets: Tensor, cond: Tensor | None = None, cfg: PriorRefitConfig | None = None
+    model: DDNBase,
+    targets: Tensor,
+    cond: Tensor | None = None,
+    cfg: PriorRefitConfig | None = None,
+    groups: Tensor | None = None,
 ) -> list[dict]:
     """Fit every layer's prior head to the nearest-node paths of `targets` (network
     otherwise unchanged); returns per layer the held-out NLL before and after, the
-    training NLL after, and the epochs kept. The model is changed in place."""
+    training NLL after, and the epochs kept. The model is changed in place. `groups`
+    (one id per target): hold out whole groups instead of single targets."""
     cfg = cfg or PriorRefitConfig()
     if not model.has_prior:
         raise ValueError("this model has no selection prior to refit; build it with prior=True")
@@ -88,8 +114,7 @@ def refit_priors(
             "prior head cannot be fitted per stage; refit a single-shot model"
         )
     gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(targets), generator=gen)
-    n_val = max(1, int(round(cfg.val_fraction * len(targets))))
+    order, n_val = held_out_first(len(targets), cfg.val_fraction, gen, groups)
     if n_val >= len(targets):
         raise ValueError(f"{len(targets)} targets leave none to fit after holding out {n_val}")
     was_training = model.training

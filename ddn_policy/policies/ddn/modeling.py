@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ddn_policy.core import Guided, Prior, Uniform
+from ddn_policy.core.prior_refit import PriorRefitConfig, refit_priors
 from ddn_policy.models.action import ActionDDN, ActionDDNConfig, preset
 from ddn_policy.policies.base import ChunkPolicy, check_action_horizon
 
@@ -67,6 +68,19 @@ class DDNPolicy(ChunkPolicy):
         action = self.normalizer.normalize("action", batch["action"])
         loss, info = self.model.loss(obs, action)
         return loss, {k: v for k, v in info.items() if k in ("layer_losses", "prior_loss")}
+
+    def refit_prior(
+        self, obs: Tensor, action: Tensor, cfg: PriorRefitConfig, episodes: Tensor | None = None
+    ) -> list[dict]:
+        """Refit the selection prior to the final weights on the training windows
+        (obs (N, To, Do), action (N, Tp, Da), environment units; `episodes` (N,): hold
+        out whole episodes). See ddn_policy/core/prior_refit.py."""
+        self.eval()  # the network as it samples; only the prior heads change
+        obs = self.normalizer.normalize("obs", obs)
+        action = self.normalizer.normalize("action", action)
+        with torch.no_grad():
+            cond = self.model.encode_obs(obs)  # (N, cond_dim)
+        return refit_priors(self.model.ddn, self.model.to_sample(action), cond, cfg, episodes)
 
     def _selector(self, guide, obs_rows: Tensor):
         if guide is None:
