@@ -53,12 +53,18 @@ def test_digit_sets_are_split_by_class_and_scaled(digits):
 
 @pytest.mark.parametrize(
     "preset, layers, bits",
-    [("tiny", 10, 60), ("small", 15, 90), ("taiji", 40, 40), ("recurrent", 10, 60)],
+    [
+        ("tiny", 10, 60),
+        ("small", 15, 90),
+        ("base", 24, 144),
+        ("taiji", 40, 40),
+        ("recurrent", 10, 60),
+    ],
 )
 def test_presets_have_their_latent_length(preset, layers, bits):
     cfg = image_preset(preset)
     assert cfg.num_layers == layers
-    if preset != "small":  # building the largest preset is slow-ish; its sizes suffice
+    if preset not in ("small", "base"):  # building the largest is slow-ish; sizes suffice
         assert bits_per_image(image_ddn(cfg)) == bits
 
 

@@ -211,6 +211,8 @@ def image_ddn(cfg: ImageDDNConfig) -> SingleShotDDN | RecurrentDDN:
 IMAGE_PRESETS: dict[str, dict] = {
     "tiny": {"stages": (1, 1, 2, 2, 2, 2), "widths": (64, 64, 64, 48, 32, 16)},
     "small": {"stages": (1, 2, 3, 3, 3, 3), "widths": (128, 128, 128, 96, 64, 32)},
+    # small's widths, more layers where the detail is (144-bit latent instead of 90)
+    "base": {"stages": (1, 2, 4, 5, 6, 6), "widths": (128, 128, 128, 96, 64, 32)},
     # Taiji-DDN: binary choices, a long latent (one bit per layer)
     "taiji": {"k": 2, "stages": (2, 4, 6, 10, 10, 8), "widths": (64, 64, 64, 48, 32, 16)},
     # the reference's MNIST recurrence (one U-Net, one K=64 DDL, 10 steps), U-Net narrowed for CPU
