@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from ddn_policy.cli.refit import refit_checkpoint
 from ddn_policy.evaluation import bench_compare
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -122,6 +123,11 @@ def test_a_refit_method_reuses_the_training_and_refits_each_checkpoint_once(tmp_
         "ddn_policy.policies.ddn.modeling.refit_priors", lambda *a: pytest.fail("refitted twice")
     )
     assert bench_compare.compare(cfg)[0] == [plain, refit]
+    # ddn-refit needs the training that wrote the checkpoint (its demonstrations)
+    stray = tmp_path / "stray"
+    shutil.copytree(saved[0], stray / "pretrained_model")
+    with pytest.raises(FileNotFoundError, match="train_config.json not found"):
+        refit_checkpoint(stray, {"max_epochs": 5}, tmp_path / "out")
     assert bench_compare.refit_settings(cfg.suite, {"refit": True})["max_epochs"] == 5
     no_block = bench_compare.refit_settings(OmegaConf.create({}), {"refit": True})
     assert no_block["max_epochs"] == 300  # a suite without a refit block: PriorRefitConfig's

@@ -50,13 +50,16 @@ class SequenceDataset(Dataset):
         self.to, self.tp = obs_horizon, pred_horizon
         self.normalizer = normalizer
         windows = []  # (row of episode start, episode length, window start)
+        window_episodes = []
         for e in episodes:
             start, end = buffer.episode_bounds(e)
             n = end - start
             last = max(n - pred_horizon + action_horizon - 1, -(obs_horizon - 1))
             for s in range(-(obs_horizon - 1), last + 1):
                 windows.append((start, n, s))
+                window_episodes.append(e)
         self.windows = np.asarray(windows, dtype=np.int64).reshape(-1, 3)
+        self.window_episodes = np.asarray(window_episodes, dtype=np.int64)  # (N,) buffer ids
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -70,3 +73,13 @@ class SequenceDataset(Dataset):
             obs = self.normalizer.normalize("obs", obs)
             action = self.normalizer.normalize("action", action)
         return {"obs": obs, "action": action}
+
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Every window at once: obs (N, To, Do), action (N, Tp, Da), and episode (N,),
+        the buffer episode each window comes from."""
+        items = [self[i] for i in range(len(self))]
+        return {
+            "obs": torch.stack([x["obs"] for x in items]),
+            "action": torch.stack([x["action"] for x in items]),
+            "episode": torch.from_numpy(self.window_episodes),
+        }

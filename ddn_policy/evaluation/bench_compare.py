@@ -32,9 +32,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ddn_policy.cli.refit import refit_checkpoint
 from ddn_policy.evaluation.report import aggregate, markdown_table
 from ddn_policy.evaluation.runs import flatten
 from ddn_policy.policies.factory import POLICIES
@@ -66,45 +66,6 @@ def refit_settings(s: DictConfig, method: dict) -> dict | None:
 
     fields = s.get("refit")
     return asdict(PriorRefitConfig(**(OmegaConf.to_container(fields) if fields else {})))
-
-
-def training_windows(settings: dict, spec) -> dict:
-    """Every window a training saw (the suites hold out no episodes), environment units,
-    with each window's episode."""
-    from ddn_policy.data import ReplayBuffer, SequenceDataset
-
-    buffer = ReplayBuffer(demos_file(settings, spec), required_keys=("obs", "action"))
-    episodes = list(range(buffer.num_episodes))
-    data = SequenceDataset(
-        buffer, episodes, spec.obs_horizon, spec.pred_horizon, spec.action_horizon
-    )
-    items = [data[i] for i in range(len(data))]
-    starts = [buffer.episode_bounds(e)[0] for e in episodes]
-    return {
-        "obs": torch.stack([x["obs"] for x in items]),
-        "action": torch.stack([x["action"] for x in items]),
-        "episode": torch.as_tensor(np.searchsorted(starts, data.windows[:, 0], side="right") - 1),
-    }
-
-
-def refitted(ckpt: Path, settings: dict, spec, refit: dict) -> Path:
-    """`ckpt`'s DDN policy with its selection prior refitted to its final weights on
-    the training windows, saved (once) as ckpt/refit-<settings>/pretrained_model; the
-    per-layer report beside it."""
-    from ddn_policy.core.prior_refit import PriorRefitConfig
-    from ddn_policy.policies.factory import load_policy
-    from ddn_policy.utils.io import MANIFEST
-
-    out = ckpt / f"refit-{settings_key(refit)}"
-    if not (out / "pretrained_model" / MANIFEST).is_file():
-        policy = load_policy(ckpt)
-        windows = training_windows(settings, spec)
-        report = policy.refit_prior(
-            windows["obs"], windows["action"], PriorRefitConfig(**refit), windows["episode"]
-        )
-        atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
-        policy.save_pretrained(out / "pretrained_model")
-    return out
 
 
 def training_settings(
@@ -314,7 +275,7 @@ def method_row(
     for ckpt in ckpts:
         last = ckpt == ckpts[-1]
         episodes = s.episodes if last else s.periodic_episodes
-        source = refitted(ckpt, settings, train_spec, refit) if refit else ckpt
+        source = refit_checkpoint(ckpt, refit) if refit else ckpt
         agg = evaluate(source, method, spec, episodes, s, eval_options)
         periodic.append(agg["pc_success"] / 100)
         final = agg if last else final
