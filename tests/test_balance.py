@@ -135,6 +135,31 @@ def test_forgetting_statistics_prune_a_node_that_stopped_winning():
     assert history(half_life=5)[0].prune == 3
 
 
+@pytest.mark.parametrize("perturb", [0.0, 0.05])
+def test_perturbed_split_gives_the_twins_their_own_inputs(perturb):
+    torch.manual_seed(0)
+    layer = _layer_with_counts()
+    ema = EMA(layer)
+    SplitAndPrune(layer, mirrors=[ema.module], perturb=perturb).step()
+    h = torch.randn(4096, 6)
+    cands = layer.candidates(h, None)  # (B, K, 2)
+    wins = torch.bincount(cands.norm(dim=-1).argmin(1), minlength=4)
+    # an exact clone ties its source on every input and the lower index takes them all
+    twins_share = bool(wins[0] > 0 and wins[2] > 0)
+    assert twins_share == (perturb > 0), wins.tolist()
+    mirror = ema.module.weight
+    assert torch.allclose(mirror[0] - mirror[2], layer.weight[0] - layer.weight[2])
+    if perturb > 0:
+        pair = layer.weight[[0, 2]]
+        gap = (pair[0] - pair[1]).pow(2).mean().sqrt() / pair.pow(2).mean().sqrt()
+        assert 0.5 * perturb < gap < 4 * perturb
+
+
+def test_bad_perturb_names_the_value():
+    with pytest.raises(ValueError, match="perturb=-0.1"):
+        SplitAndPrune(_layer_with_counts(), perturb=-0.1)
+
+
 def test_statistics_survive_save_and_load(tmp_path):
     net = tiny_net(prior=True)
     net.loss(torch.randn(32, 1))

@@ -67,6 +67,12 @@ class SplitAndPrune:
         prune threshold long after it died (digits-small-prior ended with 14% of its
         2x2 nodes chosen for no training image, each holding 0.6-1.2x the uniform share
         of the cumulative count).
+    perturb: the clone and its source move apart by +-perturb times the RMS of the
+        source's candidate weights (Linde-Buzo-Gray splitting of a codebook). 0 clones
+        exactly, as the reference; then the twins tie on every input, the lower index
+        wins each tie, and only chain dropout's random picks can pull them apart, which
+        fails once the learning rate is near 0 (digits-small-prior-recent ended with
+        its only dead nodes exact copies from splits in the last steps).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class SplitAndPrune:
         mirrors: Sequence[nn.Module] = (),
         min_count: int = 0,
         half_life: float = 0,
+        perturb: float = 0,
     ):
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got min_count={min_count}")
@@ -83,6 +90,12 @@ class SplitAndPrune:
             raise ValueError(
                 f"half_life is in steps, >= 0 (0: never forget), got half_life={half_life}"
             )
+        if not perturb >= 0:
+            raise ValueError(
+                f"perturb is a fraction of the weights' RMS, >= 0 (0: exact clones), "
+                f"got perturb={perturb}"
+            )
+        self.perturb = perturb
         self.layers = ddn_layers(model)
         if not self.layers:
             raise ValueError("SplitAndPrune found no DiscreteDistributionLayer in the model")
@@ -133,6 +146,14 @@ class SplitAndPrune:
             twin = mirror[name]
             for p in twin.node_parameters():
                 copy_row(p, s, d)
+        if self.perturb > 0:
+            # The same offset in the live weights and every mirror, so the EMA's twins
+            # separate the same way the trained ones do.
+            offset = torch.randn_like(layer.weight[s]) * layer.weight[s].pow(2).mean().sqrt()
+            offset *= self.perturb
+            for twin in [layer] + [m[name] for m in self.mirrors]:
+                twin.weight.data[s] += offset
+                twin.weight.data[d] -= offset
         # Two identical prior logits would double the pair's probability: each clone
         # keeps half of what s had.
         for twin in [layer] + [m[name] for m in self.mirrors]:
@@ -215,10 +236,11 @@ def make_balancer(
     min_count: int = 0,
     rate: float = 0.01,
     half_life: float = 0,
+    perturb: float = 0,
 ):
     """One of SplitAndPrune, LossFreeBalance, or None (kind='none')."""
     if kind == "split_prune":
-        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life)
+        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life, perturb)
     if kind == "loss_free":
         return LossFreeBalance(model, rate)
     if kind == "none":

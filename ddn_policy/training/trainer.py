@@ -70,6 +70,9 @@ class TrainConfig:
     # SplitAndPrune statistics halve every this many steps, so a node that stopped winning
     # is pruned (0: counts since creation, the reference's rule)
     balance_half_life: float = 0
+    # A split moves the clone and its source apart by +- this fraction of the source's
+    # weight RMS, so the twins do not tie (0: exact clones, the reference's rule)
+    balance_split_perturb: float = 0
     # Fraction of the steps during which the balancer acts. Under a condition splits never
     # stop firing, and the selection prior needs steps after the last one to learn the
     # final nodes' frequencies (1.0: balance to the end, as the reference).
@@ -93,6 +96,7 @@ class TrainConfig:
             "eval_every",
             "balance_min_count",
             "balance_half_life",
+            "balance_split_perturb",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
@@ -149,6 +153,7 @@ class Trainer:
             cfg.balance_min_count,
             cfg.loss_free_rate,
             cfg.balance_half_life,
+            cfg.balance_split_perturb,
         )
         self.statistics = StepStatistics(policy.model)
         self.loss_forward = policy.compute_loss
