@@ -88,6 +88,14 @@ def test_balancing_stops_at_balance_until(demos, tmp_path):
         TrainConfig(balance_until=0)
 
 
+def test_split_perturbation_reaches_the_balancer(demos, tmp_path):
+    trainer = make_trainer(demos, tmp_path, balance_split_perturb=0.05, balance_half_life=10)
+    assert trainer.balancer.perturb == 0.05
+    assert trainer.balancer.retain == pytest.approx(0.5 ** (1 / 10))
+    with pytest.raises(ValueError, match="balance_split_perturb=-1"):
+        TrainConfig(balance_split_perturb=-1)
+
+
 def test_one_process_data_order_is_the_plain_shuffled_loader():
     data = list(range(50))
     plain = DataLoader(
