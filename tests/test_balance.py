@@ -155,6 +155,18 @@ def test_perturbed_split_gives_the_twins_their_own_inputs(perturb):
         assert 0.5 * perturb < gap < 4 * perturb
 
 
+def test_perturbed_split_is_the_same_whatever_the_global_rng():
+    # data-parallel ranks seed their global RNGs apart; their splits must still agree
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(0)
+        layer = _layer_with_counts()
+        torch.manual_seed(global_seed)
+        SplitAndPrune(layer, perturb=0.05).step()
+        weights.append(layer.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
 def test_bad_perturb_names_the_value():
     with pytest.raises(ValueError, match="perturb=-0.1"):
         SplitAndPrune(_layer_with_counts(), perturb=-0.1)

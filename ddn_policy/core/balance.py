@@ -96,6 +96,9 @@ class SplitAndPrune:
                 f"got perturb={perturb}"
             )
         self.perturb = perturb
+        # Its own stream, the same on every data-parallel rank (each rank seeds its global
+        # RNG apart for dropout): ranks take the same splits and must move the same way.
+        self.perturb_generator = torch.Generator().manual_seed(0)
         self.layers = ddn_layers(model)
         if not self.layers:
             raise ValueError("SplitAndPrune found no DiscreteDistributionLayer in the model")
@@ -149,8 +152,9 @@ class SplitAndPrune:
         if self.perturb > 0:
             # The same offset in the live weights and every mirror, so the EMA's twins
             # separate the same way the trained ones do.
-            offset = torch.randn_like(layer.weight[s]) * layer.weight[s].pow(2).mean().sqrt()
-            offset *= self.perturb
+            row = layer.weight[s]
+            noise = torch.randn(row.shape, generator=self.perturb_generator).to(row)
+            offset = noise * row.pow(2).mean().sqrt() * self.perturb
             for twin in [layer] + [m[name] for m in self.mirrors]:
                 twin.weight.data[s] += offset
                 twin.weight.data[d] -= offset
