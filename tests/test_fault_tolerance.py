@@ -292,6 +292,8 @@ def test_two_torchrun_processes_split_identically(demos, tmp_path):
         f"out_dir={out}",
         "train.log_every=10",
         "train.checkpoint_every=20",
+        # perturbed splits draw random offsets; the ranks, seeded apart, must draw alike
+        "train.balance_split_perturb=0.05",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
