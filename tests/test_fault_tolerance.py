@@ -61,15 +61,23 @@ def digests(trainer) -> tuple[str, str, str]:
     )
 
 
-@pytest.mark.parametrize("policy", ["ddn", "diffusion"])
-def test_half_then_resume_equals_straight_bit_for_bit(demos, tmp_path, policy):
+@pytest.mark.parametrize(
+    "policy, train",
+    [
+        ("ddn", {}),
+        # perturbed splits draw from the balancer's own stream, which must resume too
+        ("ddn", {"balance_split_perturb": 0.05}),
+        ("diffusion", {}),
+    ],
+)
+def test_half_then_resume_equals_straight_bit_for_bit(demos, tmp_path, policy, train):
     # 292 windows / 32 = 9 batches an epoch: step 15 is in the middle of the 2nd epoch
-    straight = make_trainer(demos, tmp_path / "a", policy, checkpoint_every=15)
+    straight = make_trainer(demos, tmp_path / "a", policy, checkpoint_every=15, **train)
     straight.fit()
     half = tmp_path / "b" / "checkpoints"
     half.mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "checkpoints" / "00000015", half / "00000015")
-    resumed = make_trainer(demos, tmp_path / "b", policy, checkpoint_every=15)
+    resumed = make_trainer(demos, tmp_path / "b", policy, checkpoint_every=15, **train)
     assert resumed.resume() and resumed.step == 15
     resumed.fit()
     assert digests(resumed) == digests(straight)

@@ -191,6 +191,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(state[cpu:].clone(), self.device)
 
+    @property
+    def _split_stream(self) -> torch.Generator | None:
+        """The balancer's own random stream (perturbed splits), saved with the RNGs."""
+        return getattr(self.balancer, "perturb_generator", None)
+
     def save(self) -> Path | None:
         """Every rank takes part (their RNG states are gathered); rank 0 writes."""
         rng = gather_bytes(self._rng_state().to(self._collective_device), self.world)
@@ -209,10 +214,12 @@ class Trainer:
             save_tensors(state / "ema.safetensors", self.ema.averaged.state_dict())
             opt, meta = optimizer_tensors(self.optimizer)
             save_tensors(state / "optimizer.safetensors", opt)
+            streams = {"data_epoch_start": self.epoch_start_state}
+            if self._split_stream is not None:
+                streams["split_perturb"] = self._split_stream.get_state()
             save_tensors(
                 state / "rng.safetensors",
-                {f"rank{r}": t.cpu() for r, t in enumerate(rng)}
-                | {"data_epoch_start": self.epoch_start_state},
+                {f"rank{r}": t.cpu() for r, t in enumerate(rng)} | streams,
             )
             meta.update(
                 step=self.step,
@@ -248,6 +255,8 @@ class Trainer:
         self.step = int(meta["step"])
         self.nonfinite_in_a_row = int(meta.get("nonfinite_in_a_row", 0))
         rng = tensors.get("rng")
+        if rng is not None and "split_perturb" in rng and self._split_stream is not None:
+            self._split_stream.set_state(rng["split_perturb"])  # the same on every rank
         if rng is None:  # written before exact resume existed: continue as it did then
             self.data_generator.manual_seed(self.cfg.seed + self.step)
             print(f"{ckpt} predates exact resume: random streams continue, not bit-exact")
