@@ -145,8 +145,8 @@ class SplitAndPrune:
             for value in state.values():
                 if isinstance(value, torch.Tensor) and value.shape == p.shape:
                     copy_row(value, s, d)
-        for mirror in self.mirrors:
-            twin = mirror[name]
+        copies = [layer] + [mirror[name] for mirror in self.mirrors]  # live weights first
+        for twin in copies[1:]:
             for p in twin.node_parameters():
                 copy_row(p, s, d)
         if self.perturb > 0:
@@ -155,12 +155,12 @@ class SplitAndPrune:
             row = layer.weight[s]
             noise = torch.randn(row.shape, generator=self.perturb_generator).to(row)
             offset = noise * row.pow(2).mean().sqrt() * self.perturb
-            for twin in [layer] + [m[name] for m in self.mirrors]:
+            for twin in copies:
                 twin.weight.data[s] += offset
                 twin.weight.data[d] -= offset
         # Two identical prior logits would double the pair's probability: each clone
         # keeps half of what s had.
-        for twin in [layer] + [m[name] for m in self.mirrors]:
+        for twin in copies:
             if twin.has_prior:
                 twin.prior_head.bias.data[[s, d]] -= math.log(2.0)
 
