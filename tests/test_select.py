@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from ddn_policy.core import (
+    Central,
     Combined,
     DiscreteDistributionLayer,
     FromCodes,
@@ -126,3 +127,20 @@ def test_prior_draws_follow_the_tempered_softmax(layer, temperature, in_walk):
         again.start_walk([3, layer.k], rows, "cpu", gen)
     assert torch.equal(again.select(None, ctx), drawn)  # one generator, one draw
     assert not torch.equal(prior.select(None, ctx), drawn)  # a walk's noise is used once
+
+
+def test_central_picks_the_candidate_nearest_the_mean_and_follows_the_prior(layer):
+    # candidates at x = 0..4 and one outlier row: the mean of 0, 1, 2, 3, 40 is 9.2
+    cands = line_candidates(2)
+    cands[1, 4, 0] = 40.0
+    uniform = Central(use_prior=False).select(cands, ctx_for(layer, 2))
+    assert uniform.tolist() == [2, 3]  # mean 2.0 -> node 2; mean 9.2 -> node 3 (x = 3)
+    # a prior sure of node 0 moves the weighted mean (and the choice) onto node 0;
+    # without a prior in the context the weights stay uniform
+    logits = torch.tensor([[9.0, 0.0, 0.0, 0.0, 0.0]]).repeat(2, 1)
+    assert Central().select(cands, ctx_for(layer, 2, logits=logits)).tolist() == [0, 0]
+    assert Central().select(cands, ctx_for(layer, 2)).tolist() == [2, 3]
+    assert Central(use_prior=False).select(cands, ctx_for(layer, 2, logits=logits)).tolist() == [
+        2,
+        3,
+    ]

@@ -18,6 +18,7 @@ from ddn_policy.core.network import (
     WalkResult,
 )
 from ddn_policy.core.select import (
+    Central,
     Combined,
     FromCodes,
     Guided,
@@ -32,6 +33,7 @@ from ddn_policy.core.select import (
 
 __all__ = [
     "BeamResult",
+    "Central",
     "Combined",
     "DDNBase",
     "DiscreteDistributionLayer",

@@ -78,6 +78,11 @@ class DiscreteDistributionLayer(nn.Module):
         on the random candidate, which pulls every node toward the average of the
         condition's modes; "nearest": on the nearest candidate as usual, the random
         one only continues the walk (later stages still learn to recover from it).
+    centroid_loss: weight of an extra L2 loss between the mean of the K candidates and
+        the target (0: the reference's loss on the taken candidate alone). The nearest
+        rule lets a conditional layer lower its loss by tiling the targets' marginal
+        spread with condition-blind candidates; pinning the candidates' mean to each
+        target makes them the condition's mean plus offsets, and leaves the spread free.
     init_range: if set, the candidate head's weights start U[-init_range, init_range];
         else fan-in uniform (the leak weights are always fan-in uniform).
     prior: add a learned selection prior, a K-way linear head on the (detached,
@@ -104,6 +109,7 @@ class DiscreteDistributionLayer(nn.Module):
         chain_dropout: float = 0.0,
         chain_dropout_per_sample: float = 0.0,
         chain_dropout_loss: str = "taken",
+        centroid_loss: float = 0.0,
         init_range: float | None = None,
         prior: bool = False,
         prior_trains_features: bool = False,
@@ -125,6 +131,8 @@ class DiscreteDistributionLayer(nn.Module):
                 f"leak=True splits the features in two and needs in_features >= 2, "
                 f"got in_features={in_features}; pass leak=False"
             )
+        if not centroid_loss >= 0:
+            raise ValueError(f"centroid_loss must be >= 0, got centroid_loss={centroid_loss}")
         if int(prior_grid) != prior_grid or prior_grid < 1:
             raise ValueError(f"prior_grid must be an integer >= 1, got prior_grid={prior_grid}")
         if distance not in DISTANCES:
@@ -150,6 +158,7 @@ class DiscreteDistributionLayer(nn.Module):
         self.chain_dropout = chain_dropout
         self.chain_dropout_per_sample = chain_dropout_per_sample
         self.chain_dropout_loss = chain_dropout_loss
+        self.centroid_loss = centroid_loss
 
         # (K, C, head_in): node k's rows of the reference's 1x1 conv with K*C outputs.
         self.weight = nn.Parameter(torch.empty(self.k, self.channels, self.head_in))
@@ -330,7 +339,10 @@ class DiscreteDistributionLayer(nn.Module):
                 idx = torch.where(drop, torch.randint_like(idx, self.k), idx)
         chosen = pick(cands, idx)  # (B, C, *sp)
         trained = chosen if self.chain_dropout_loss == "taken" else pick(cands, nearest)
-        loss = F.mse_loss(trained, self.resize(target, area=True))
+        target = self.resize(target, area=True)  # (B, C, *sp)
+        loss = F.mse_loss(trained, target)
+        if self.centroid_loss > 0:
+            loss = loss + self.centroid_loss * F.mse_loss(cands.mean(1), target)
         prior_loss = F.cross_entropy(self.prior_logits(h), nearest) if self.has_prior else None
         return LayerOutput(chosen, idx, self.leak_take(h, idx), cands, loss, prior_loss)
 
@@ -347,5 +359,6 @@ class DiscreteDistributionLayer(nn.Module):
             f"k={self.k}, sample_shape={self.sample_shape}, in_features={self.in_features}, "
             f"leak={self.leak_in}->{self.leak_out}, learn_residual={self.learn_residual}, "
             f"distance={self.distance}, chain_dropout={self.chain_dropout}/"
-            f"{self.chain_dropout_per_sample}, prior={self.has_prior}"
+            f"{self.chain_dropout_per_sample}, centroid_loss={self.centroid_loss}, "
+            f"prior={self.has_prior}"
         )

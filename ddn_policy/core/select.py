@@ -142,6 +142,28 @@ class Nearest(Selector):
         return ctx.layer.distances(candidates, self.target).argmin(dim=1)
 
 
+class Central(Selector):
+    """The candidate nearest the mean of the layer's K candidates (the mean weighted by
+    the selection prior's probabilities when the layer has one and use_prior is set):
+    a deterministic walk through the middle of every layer's hypotheses. Under squared
+    L2 the candidate nearest the weighted mean is the weighted medoid, the candidate
+    with the least expected squared distance to a draw, so the walk is a point estimate
+    from one pass that stays on candidates the network trained (a mean of candidates
+    would hand the next stage an input no training walk produced)."""
+
+    def __init__(self, use_prior: bool = True):
+        self.use_prior = use_prior
+
+    def select(self, candidates, ctx):
+        flat = candidates.flatten(2).float()  # (B, K, D)
+        if self.use_prior and ctx.prior_logits is not None:
+            weights = torch.softmax(ctx.prior_logits.float(), dim=1)  # (B, K)
+        else:
+            weights = flat.new_full(flat.shape[:2], 1.0 / ctx.k)
+        mean = torch.einsum("bk,bkd->bd", weights, flat)  # (B, D)
+        return (flat - mean[:, None]).square().mean(-1).argmin(dim=1)
+
+
 class FromCodes(Selector):
     """Replay a latent. Integer codes are node indices in [0, K); float codes u in [0, 1)
     map to int(K*u), so one seed decodes to the same sample whatever K is."""

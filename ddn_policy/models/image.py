@@ -38,6 +38,7 @@ class ImageDDNConfig:
     chain_dropout: float = 0.05  # per-batch probability of random choices (reference)
     chain_dropout_per_sample: float = 0.0  # per-sample probability of the same
     chain_dropout_loss: str = "taken"  # "taken" (reference) or "nearest" (core/layer.py)
+    centroid_loss: float = 0.0  # weight of L2(mean of the K candidates, target) (core/layer.py)
     prior: bool = False  # learned selection prior per layer
     prior_trains_features: bool = False  # the prior's cross-entropy also trains the blocks
     prior_grid: int = 1  # the prior reads features pooled to this many cells per axis
@@ -182,6 +183,7 @@ def image_layer(cfg: ImageDDNConfig, width: int, size: int, first: bool, residua
         chain_dropout=cfg.chain_dropout,
         chain_dropout_per_sample=cfg.chain_dropout_per_sample,
         chain_dropout_loss=cfg.chain_dropout_loss,
+        centroid_loss=cfg.centroid_loss,
         init_range=None if first else cfg.head_init,
     )
 
