@@ -41,7 +41,14 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
             assert (model, metric) in metrics
     assert ("ddn", "guided_abs_rel") in metrics and ("regression", "guided_abs_rel") not in metrics
     assert ("ddn", "ause") in metrics  # the regressor has no uncertainty to rank by
-    for metric in ("oracle_abs_rel", "prior_nll_first_layer", "prior_nll_chance"):
+    for metric in (
+        "oracle_abs_rel",
+        "prior_nll_first_layer",
+        "prior_nll_chance",
+        "central_abs_rel",  # the one-walk point estimate
+        "ms_per_image_central",
+        "ms_per_image_central_same_run",
+    ):
         assert ("ddn", metric) in metrics and ("regression", metric) not in metrics
     by_metric = {r["metric"]: r["value"] for r in rows if r["model"] == "ddn"}
     assert by_metric["prior_nll_chance"] == pytest.approx(math.log(8))  # the tiny preset's K
@@ -53,7 +60,7 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
     assert set(timed) == {"ddn", "regression"} and min(timed.values()) > 0
     again, _ = dense_suite(cfg)  # everything cached: nothing retrained or re-scored
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == runs
-    untimed = lambda rs: [r for r in rs if r["metric"] != "ms_per_image_same_run"]  # noqa: E731
+    untimed = lambda rs: [r for r in rs if not r["metric"].endswith("same_run")]  # noqa: E731
     assert untimed(again) == untimed(rows)
 
 

@@ -153,6 +153,8 @@ def test_baselines_train_and_predict_through_the_same_interface(scenes, tmp_path
     assert spread == 0 if method == "regression" else spread > 0  # an ensemble differs
     with pytest.raises(ValueError, match="guide=None"):
         predictor.predict(batch_of(scenes, [0]), n=2, guide=lambda c, i: c.mean((2, 3, 4)))
+    with pytest.raises(ValueError, match=f"method='{method}'"):  # no candidates to walk
+        predictor.predict(batch_of(scenes, [0]), n=2, point="central")
 
 
 @pytest.mark.parametrize("method", ["ddn", "diffusion"])
@@ -174,6 +176,27 @@ def test_save_and_load_give_identical_hypotheses(scenes, tmp_path, method):
     a = predictor.predict(batch, n=3, generator=torch.Generator().manual_seed(1))
     b = loaded.predict(batch, n=3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a["hypotheses"], b["hypotheses"])
+
+
+def test_central_point_is_one_deterministic_walk_near_the_middle_of_the_hypotheses(
+    scenes, trained
+):
+    predictor, _ = trained("flow")
+    batch = batch_of(scenes, range(4))
+    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    a = predictor.predict(batch, n=16, generator=gen(0), point="central")
+    b = predictor.predict(batch, n=1, generator=gen(1), point="central")
+    assert a["point"].shape == (4, 2, SIZE, SIZE)
+    torch.testing.assert_close(a["point"], b["point"])  # no draw: the same walk every time
+    hyps = a["hypotheses"]  # (4, 16, 2, H, W)
+    mean = hyps.mean(1, keepdim=True)
+    typical = (hyps - mean).square().mean((2, 3, 4)).mean()
+    central = (a["point"][:, None] - mean).square().mean((2, 3, 4)).mean()
+    assert central < typical  # nearer the hypotheses' mean than a typical hypothesis
+    with pytest.raises(ValueError, match="point must be one of"):
+        predictor.predict(batch, n=2, point="mean")
+    with pytest.raises(ValueError, match="use point='median'"):
+        predictor.predict(batch, n=2, guide=PhotometricFlow.__call__, point="central")
 
 
 def test_bad_input_names_the_expected_value(scenes):

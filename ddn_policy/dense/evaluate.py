@@ -95,11 +95,13 @@ class ImageMeans:
 
 
 def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[dict]:
-    """cfg: images, batch, hypotheses, depth_points, strokes, guided (bool)."""
+    """cfg: images, batch, hypotheses, depth_points, strokes, guided (bool), central
+    (bool, optional: also score the DDN's one-walk central point estimate)."""
     task, method = predictor.config.task, predictor.config.method
     guided_ok = cfg["guided"] and method == "ddn"
+    central_ok = cfg.get("central", False) and method == "ddn"
     means = ImageMeans()
-    errors, spreads, seconds = [], [], 0.0
+    errors, spreads, seconds, central_seconds = [], [], 0.0, 0.0
     for i, batch in enumerate(batches(data, cfg["images"], cfg["batch"])):
         truth, mask = truth_of(task, batch)
         gen = torch.Generator().manual_seed(seed + i)
@@ -108,6 +110,11 @@ def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[
         seconds += time.perf_counter() - start
         hyps, point = out["hypotheses"], out["point"]
         scores = point_rows(task, point, truth, mask)
+        if central_ok:  # one walk (and one prior draw) per image instead of n
+            start = time.perf_counter()
+            centre = predictor.predict(batch, n=1, generator=gen, point="central")["point"]
+            central_seconds += time.perf_counter() - start
+            scores |= {f"central_{k}": v for k, v in point_rows(task, centre, truth, mask).items()}
         if task == "color":
             scores["best_of_k_psnr"] = float(
                 psnr(hyps.flatten(0, 1), truth.repeat_interleave(hyps.shape[1], 0), peak=1.0)
@@ -141,6 +148,9 @@ def evaluate(predictor: DensePredictor, data, cfg: dict, seed: int = 0) -> list[
         curve = sparsification(torch.cat(errors), spread)
         rows.append({"metric": "ause", "value": curve["ause"]})
     rows.append({"metric": "ms_per_image", "value": 1000 * seconds / means.images})
+    if central_ok:
+        ms = 1000 * central_seconds / means.images
+        rows.append({"metric": "ms_per_image_central", "value": ms})
     return rows
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.diffusion_image.modeling import DiffusionImageConfig
+from ddn_policy.core.select import Central
 from ddn_policy.models.dense import DenseDDN, DenseDDNConfig, dense_preset
 from ddn_policy.utils.io import UnsafeFileError, load_weights, read_model_dir, write_model_dir
 
@@ -27,6 +28,8 @@ from ddn_policy.utils.io import UnsafeFileError, load_weights, read_model_dir, w
 TASKS = {"depth": (("rgb",), 3, 1), "flow": (("rgb", "rgb2"), 6, 2), "color": (("gray",), 1, 3)}
 # the DDN and the two baselines of the same interface (loss, sample)
 METHODS = ("ddn", "regression", "diffusion")
+# point estimates: the hypotheses' per-pixel median, or the DDN's central walk
+POINTS = ("median", "central")
 
 
 @dataclass
@@ -169,18 +172,37 @@ class DensePredictor(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, batch: dict[str, Tensor], n: int = 8, guide=None, generator=None, top_k: int = 2
+        self,
+        batch: dict[str, Tensor],
+        n: int = 8,
+        guide=None,
+        generator=None,
+        top_k: int = 2,
+        point: str = "median",
     ) -> dict:
-        """hypotheses (B, n, C, H, W), point (B, C, H, W) = per-pixel median of the
-        hypotheses, uncertainty (B, C, H, W) = their per-pixel standard deviation; all in
-        the task's units. `guide`: a dense guide (dense/guides.py) steering every layer,
-        each choosing among its top_k candidates; it costs one scoring of all K
-        candidates per layer, still one network pass."""
+        """hypotheses (B, n, C, H, W), point (B, C, H, W), uncertainty (B, C, H, W) = the
+        hypotheses' per-pixel standard deviation; all in the task's units. `guide`: a
+        dense guide (dense/guides.py) steering every layer, each choosing among its top_k
+        candidates; it costs one scoring of all K candidates per layer, still one
+        network pass. `point`: "median", the hypotheses' per-pixel median, or "central"
+        (DDN, unguided), one more walk that takes at every layer the candidate nearest
+        the prior-weighted mean of the K (core.select.Central)."""
+        if point not in POINTS:
+            raise ValueError(f"point must be one of {POINTS}, got point={point!r}")
+        if point == "central" and (self.config.method != "ddn" or guide is not None):
+            raise ValueError(
+                "point='central' walks a DDN's candidates without a guide; got "
+                f"method={self.config.method!r} and guide={guide!r}: use point='median'"
+            )
         score = None if guide is None else self._score(guide, n)
         cond = self.condition(batch)
         hyps = self.to_units(self.model.sample(cond, n, score, generator, top_k))
         spread = hyps.std(dim=1) if n > 1 else torch.zeros_like(hyps[:, 0])
-        return {"hypotheses": hyps, "point": hyps.median(dim=1).values, "uncertainty": spread}
+        if point == "central":
+            centre = self.to_units(self.model.sample(cond, 1, Central(), generator))[:, 0]
+        else:
+            centre = hyps.median(dim=1).values
+        return {"hypotheses": hyps, "point": centre, "uncertainty": spread}
 
     def _score(self, guide, n: int):
         """A dense guide as the core's scorer: candidates in task units, and the input

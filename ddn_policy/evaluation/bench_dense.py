@@ -105,12 +105,16 @@ def same_run_timing(s: DictConfig, task: str, predictors: dict, test) -> list[di
     rows = []
     for method, predictor in predictors.items():
         n = hypotheses(s, method)
-        call = lambda p=predictor, n=n: p.predict(batch, n=n)  # noqa: E731
-        ms = 1000 * median_seconds(call, warmup=1, calls=3) / images
-        rows.append(
-            {"task": task, "model": method, "hypotheses": n}
-            | {"metric": "ms_per_image_same_run", "value": ms}
-        )
+        calls = {"ms_per_image_same_run": lambda p=predictor, n=n: p.predict(batch, n=n)}
+        if method == "ddn" and s.eval.get("central", False):  # the one-walk point estimate
+            calls["ms_per_image_central_same_run"] = lambda p=predictor: p.predict(
+                batch, n=1, point="central"
+            )
+        for metric, call in calls.items():
+            ms = 1000 * median_seconds(call, warmup=1, calls=3) / images
+            rows.append(
+                {"task": task, "model": method, "hypotheses": n} | {"metric": metric, "value": ms}
+            )
     return rows
 
 
