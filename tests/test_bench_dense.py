@@ -30,6 +30,7 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
                 "suite.eval.batch=2",
                 "suite.eval.k=3",
                 "suite.eval.depth_points=5",
+                "suite.eval.oracle_prefix=[0,99]",  # the central walk, and past every layer
                 f"suite.cache_dir={tmp_path / 'cache'}",
                 f"suite.results_dir={tmp_path / 'results'}",
             ],
@@ -53,6 +54,9 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
     by_metric = {r["metric"]: r["value"] for r in rows if r["model"] == "ddn"}
     assert by_metric["prior_nll_chance"] == pytest.approx(math.log(8))  # the tiny preset's K
     assert by_metric["oracle_abs_rel"] <= by_metric["best_of_k_image"]
+    # no nearest choice is the central walk; nearest choices on every layer, the oracle
+    assert by_metric["oracle_prefix_0_abs_rel"] == pytest.approx(by_metric["central_abs_rel"])
+    assert by_metric["oracle_prefix_99_abs_rel"] == pytest.approx(by_metric["oracle_abs_rel"])
     assert "| depth | abs_rel |" in table
     assert (tmp_path / "results" / "depth.png").is_file()
     runs = sorted(p.name for p in (tmp_path / "cache").iterdir())

@@ -8,6 +8,7 @@ from ddn_policy.core import (
     FromCodes,
     Guided,
     Nearest,
+    Prefix,
     Prior,
     SelectionContext,
     Uniform,
@@ -144,3 +145,14 @@ def test_central_picks_the_candidate_nearest_the_mean_and_follows_the_prior(laye
         2,
         3,
     ]
+
+
+def test_prefix_hands_the_first_layers_to_one_selector_and_the_rest_to_another(layer):
+    cands = line_candidates(3)
+    target = torch.tensor([[4.0, 0.0]]).repeat(3, 1)  # nearest: node 4; central: node 2
+    prefix = Prefix(Nearest(target), Central(use_prior=False), layers=2)
+    assert prefix.needs_candidates
+    picks = [prefix.select(cands, ctx_for(layer, 3, i, 4)).tolist() for i in range(4)]
+    assert picks == [[4, 4, 4], [4, 4, 4], [2, 2, 2], [2, 2, 2]]
+    with pytest.raises(ValueError, match="layers must be >= 0"):
+        Prefix(Nearest(target), Central(), layers=-1)

@@ -164,6 +164,27 @@ class Central(Selector):
         return (flat - mean[:, None]).square().mean(-1).argmin(dim=1)
 
 
+class Prefix(Selector):
+    """`first` decides the walk's first `layers` layers and `rest` the others. With
+    Nearest(target) first and Central() after, the walk's error tells how much of a point
+    estimate's error the coarse layers' choices carry (`oracle_prefix_*` in the dense
+    evaluation)."""
+
+    def __init__(self, first: Selector, rest: Selector, layers: int):
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0 (how many layers `first` decides), got {layers}")
+        self.first, self.rest, self.layers = first, rest, layers
+        self.needs_candidates = first.needs_candidates or rest.needs_candidates
+
+    def start_walk(self, ks, batch, device, generator):
+        self.first.start_walk(ks, batch, device, generator)
+        self.rest.start_walk(ks, batch, device, generator)
+
+    def select(self, candidates, ctx):
+        chosen = self.first if ctx.layer_index < self.layers else self.rest
+        return chosen.select(candidates, ctx)
+
+
 class FromCodes(Selector):
     """Replay a latent. Integer codes are node indices in [0, K); float codes u in [0, 1)
     map to int(K*u), so one seed decodes to the same sample whatever K is."""

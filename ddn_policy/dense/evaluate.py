@@ -10,7 +10,7 @@ import time
 import torch
 from torch import Tensor
 
-from ddn_policy.core.select import Nearest
+from ddn_policy.core.select import Central, Nearest, Prefix
 from ddn_policy.dense.guides import ColorStrokes, PhotometricFlow, SparseDepth
 from ddn_policy.dense.predictor import DensePredictor
 from ddn_policy.evaluation.dense_metrics import (
@@ -159,7 +159,10 @@ def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
     """Why a DDN's samples miss (DDN only). `oracle_*`: the point metrics of the
     nearest-candidate walk, which sees the truth: what the decoder can represent.
     `prior_nll_*`: cross-entropy of each layer's selection prior against that walk's
-    node (first layer, mean over layers), beside `prior_nll_chance` = log K."""
+    node (first layer, mean over layers), beside `prior_nll_chance` = log K.
+    `oracle_prefix_<m>_*` (cfg `oracle_prefix`: a list of m): the walk that takes the
+    nearest node on the first m layers and the central node after; m = 0 is the central
+    walk, m = L the oracle: how much of the point estimate's error the first m choices carry."""
     if predictor.config.method != "ddn":
         raise ValueError(f"selection_rows reads a DDN, got method={predictor.config.method!r}")
     task, ddn = predictor.config.task, predictor.model.ddn
@@ -176,6 +179,10 @@ def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
         if walk.layer_logprob is not None and ddn.first_layer.has_prior:
             nll = -walk.layer_logprob.mean(0)  # (L,)
             scores |= {"prior_nll_first_layer": float(nll[0]), "prior_nll_mean": float(nll.mean())}
+        for layers in cfg.get("oracle_prefix", ()):
+            prefix = ddn.walk(target.shape[0], Prefix(Nearest(target), Central(), layers), cond)
+            rows_m = point_rows(task, predictor.to_units(prefix.x), truth, mask)
+            scores |= {f"oracle_prefix_{layers}_{k}": v for k, v in rows_m.items()}
         means.add(scores, truth.shape[0])
     rows = means.rows()
     if "prior_nll_mean" in means.sums:
