@@ -325,3 +325,38 @@ def test_checkpoints_written_before_manifests_and_rng_states_still_resume(demos,
     assert older.resume() and older.step == 10
     older.fit()
     assert older.step == 15
+
+
+def test_a_second_writer_of_a_run_directory_is_refused_with_the_holder_named(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from ddn_policy.cli.train import run
+    from ddn_policy.utils.io import exclusive_dir
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(  # another process holds the directory, as a stray training would
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom ddn_policy.utils.io import exclusive_dir\n"
+            f"with exclusive_dir({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(pid {holder.pid}\)"):
+            with exclusive_dir(run_dir):
+                pass
+        with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"out_dir={run_dir}", "task=obstacle-reach"])
+        with pytest.raises(RuntimeError, match="in use by another training"):
+            run(cfg)  # refused before it reads or writes anything
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_dir(run_dir):  # the lock went with its process
+        pass

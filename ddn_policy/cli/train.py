@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ddn_policy.evaluation.runner import summary_line
 from ddn_policy.policies.factory import load_policy, make_policy
 from ddn_policy.training.distributed import World, close_world, init_world, rank_device
 from ddn_policy.training.trainer import TrainConfig, Trainer
-from ddn_policy.utils.io import atomic_write_text
+from ddn_policy.utils.io import atomic_write_text, exclusive_dir
 from tasks import TaskSpec, get_task
 from tasks.demos import collect_demos
 
@@ -105,16 +106,19 @@ def start_trainer(cfg: DictConfig, model, dataset, world: World) -> Trainer:
 
 def run(cfg: DictConfig) -> dict:
     world = init_world(cfg.device)
+    # one writer per run directory: rank 0 writes it, the other ranks only read
+    lock = exclusive_dir(cfg.out_dir, "training") if world.is_main else nullcontext()
     try:
-        if cfg.get("experiment") is not None and cfg.experiment.get("kind") == "dense":
-            from ddn_policy.dense.train import train_dense  # configs/experiment/depth-ddn ...
+        with lock:
+            if cfg.get("experiment") is not None and cfg.experiment.get("kind") == "dense":
+                from ddn_policy.dense.train import train_dense  # configs/experiment/depth-ddn
 
-            return train_dense(cfg, world)
-        if cfg.get("experiment") is not None:  # an image DDN (configs/experiment/)
-            from ddn_policy.images.train import train_images
+                return train_dense(cfg, world)
+            if cfg.get("experiment") is not None:  # an image DDN (configs/experiment/)
+                from ddn_policy.images.train import train_images
 
-            return train_images(cfg, world)
-        return train(cfg, world)
+                return train_images(cfg, world)
+            return train(cfg, world)
     finally:
         close_world(world)
 

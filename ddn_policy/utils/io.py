@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -159,3 +161,31 @@ def load_weights(module, tensors: dict, source: str | Path) -> None:
             f"{source} does not match the model its config.json describes: "
             f"{str(err).splitlines()[0]} ..."
         ) from err
+
+
+@contextlib.contextmanager
+def exclusive_dir(directory: str | Path, what: str = "run"):
+    """Hold an exclusive lock on `directory` (its `.lock` file) for the block: a second
+    process writing the same run directory (say, a training left running by a stopped
+    benchmark and the benchmark's resumed copy) would interleave checkpoints and logs.
+    The lock is released when the process ends, however it ends."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RuntimeError(
+                f"{directory} is in use by another {what} (pid {holder}); stop that process "
+                f"(kill its process group) or choose another out_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield directory
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
