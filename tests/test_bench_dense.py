@@ -18,7 +18,7 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
             overrides=[
                 "suite=dense",
                 "suite.tasks=[depth]",
-                "suite.methods=[ddn,regression]",
+                "suite.methods=[ddn,ddn_refit,regression]",
                 "suite.preset=tiny",
                 "suite.steps=3",
                 "suite.batch_size=4",
@@ -57,11 +57,17 @@ def test_dense_suite_scores_every_method_and_reuses_its_runs(tmp_path):
     # no nearest choice is the central walk; nearest choices on every layer, the oracle
     assert by_metric["oracle_prefix_0_abs_rel"] == pytest.approx(by_metric["central_abs_rel"])
     assert by_metric["oracle_prefix_99_abs_rel"] == pytest.approx(by_metric["oracle_abs_rel"])
+    # the refitted DDN: the ddn training itself (no third training), scored like a model
+    for metric in ("abs_rel", "central_abs_rel", "prior_nll_first_layer_after_refit"):
+        assert ("ddn_refit", metric) in metrics
+    refit = {r["metric"]: r["value"] for r in rows if r["model"] == "ddn_refit"}
+    assert refit["prior_nll_mean_after_refit"] <= refit["prior_nll_mean_before_refit"]
     assert "| depth | abs_rel |" in table
     assert (tmp_path / "results" / "depth.png").is_file()
     runs = sorted(p.name for p in (tmp_path / "cache").iterdir())
     timed = {r["model"]: r["value"] for r in rows if r["metric"] == "ms_per_image_same_run"}
-    assert set(timed) == {"ddn", "regression"} and min(timed.values()) > 0
+    assert set(timed) == {"ddn", "ddn_refit", "regression"} and min(timed.values()) > 0
+    assert len(runs) == 2  # ddn (its refit inside it) and regression
     again, _ = dense_suite(cfg)  # everything cached: nothing retrained or re-scored
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == runs
     untimed = lambda rs: [r for r in rs if not r["metric"].endswith("same_run")]  # noqa: E731
@@ -84,3 +90,10 @@ def test_a_nested_model_setting_reaches_the_trained_model_over_the_preset():
     preset = dense_preset("small", image_size=32, channels=1, cond_channels=3)
     assert config.model.ddn.chain_dropout_per_sample == 0.3
     assert config.model.ddn.widths == preset.ddn.widths and config.model.ddn.k == preset.ddn.k
+
+
+def test_an_unknown_method_is_refused_with_the_valid_names():
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("bench", overrides=["suite=dense", "suite.methods=[ddn,ddm]"])
+    with pytest.raises(ValueError, match=r"unknown dense methods \['ddm'\].*ddn_refit"):
+        dense_suite(cfg)

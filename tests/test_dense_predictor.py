@@ -178,9 +178,7 @@ def test_save_and_load_give_identical_hypotheses(scenes, tmp_path, method):
     torch.testing.assert_close(a["hypotheses"], b["hypotheses"])
 
 
-def test_central_point_is_one_deterministic_walk_near_the_middle_of_the_hypotheses(
-    scenes, trained
-):
+def test_central_point_is_one_deterministic_walk_near_the_middle_of_the_hypotheses(scenes, trained):
     predictor, _ = trained("flow")
     batch = batch_of(scenes, range(4))
     gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
@@ -197,6 +195,27 @@ def test_central_point_is_one_deterministic_walk_near_the_middle_of_the_hypothes
         predictor.predict(batch, n=2, point="mean")
     with pytest.raises(ValueError, match="use point='median'"):
         predictor.predict(batch, n=2, guide=PhotometricFlow.__call__, point="central")
+
+
+def test_prior_refit_fits_the_nearest_paths_and_changes_only_the_prior_heads(scenes, trained):
+    import copy
+
+    from ddn_policy.core.prior_refit import PriorRefitConfig
+
+    predictor = copy.deepcopy(trained("depth")[0])
+    before = {k: v.clone() for k, v in predictor.state_dict().items()}
+    batch = {k: torch.as_tensor(v) for k, v in scenes.arrays.items()}
+    cfg = PriorRefitConfig(val_fraction=0.25, max_epochs=60, patience=60, lr=1e-2)
+    report = predictor.refit_prior(batch, cfg, chunk=20)  # chunks of 20: 48 = 20+20+8
+    assert len(report) == len(list(predictor.model.ddn.stages()))
+    # the head is kept only where an epoch beat it on the held-out scenes
+    assert all(r["val_nll_after"] <= r["val_nll_before"] for r in report)
+    assert sum(r["val_nll_after"] for r in report) < sum(r["val_nll_before"] for r in report)
+    changed = {k for k, v in predictor.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("prior_head" in k for k in changed)
+    regression = DensePredictor(DensePredictorConfig("depth", "regression", "tiny", SIZE))
+    with pytest.raises(ValueError, match="method='regression'"):
+        regression.refit_prior(batch, cfg)
 
 
 def test_bad_input_names_the_expected_value(scenes):

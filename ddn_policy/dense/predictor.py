@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.diffusion_image.modeling import DiffusionImageConfig
+from ddn_policy.core.prior_refit import PriorRefitConfig, refit_priors
 from ddn_policy.core.select import Central
 from ddn_policy.models.dense import DenseDDN, DenseDDNConfig, dense_preset
 from ddn_policy.utils.io import UnsafeFileError, load_weights, read_model_dir, write_model_dir
@@ -203,6 +204,24 @@ class DensePredictor(nn.Module):
         else:
             centre = hyps.median(dim=1).values
         return {"hypotheses": hyps, "point": centre, "uncertainty": spread}
+
+    def refit_prior(
+        self, batch: dict[str, Tensor], cfg: PriorRefitConfig, chunk: int = 250
+    ) -> list[dict]:
+        """Refit the DDN's selection prior to its final weights on training scenes
+        (`batch`: the dataset's arrays, condition and truth, all N scenes); only the prior
+        heads change. Returns the per-layer report of core.prior_refit.refit_priors."""
+        if self.config.method != "ddn":
+            raise ValueError(
+                f"only a DDN has a selection prior to refit, got method={self.config.method!r}"
+            )
+        self.eval()  # the network as it samples
+        with torch.no_grad():
+            rows = range(0, len(next(iter(batch.values()))), chunk)
+            parts = [{k: v[i : i + chunk] for k, v in batch.items()} for i in rows]
+            target = torch.cat([self.target(p) for p in parts])  # (N, C, H, W)
+            cond = torch.cat([self.model.encoder(self.condition(p)) for p in parts])  # (N, F, H, W)
+        return refit_priors(self.model.ddn, target, cond, cfg)
 
     def _score(self, guide, n: int):
         """A dense guide as the core's scorer: candidates in task units, and the input

@@ -8,6 +8,7 @@ cached as JSON beside it, keyed by the evaluation settings.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.evaluation.runs import cached, flatten, train_once
 from ddn_policy.utils.io import atomic_write_bytes, settings_key
+
+# the methods a suite can list: the predictors' own, and the DDN with its selection prior
+# refitted to the final weights after training (core/prior_refit.py; no retraining)
+REFIT = "ddn_refit"
+DDN_METHODS = ("ddn", REFIT)
 
 
 def data_settings(s: DictConfig) -> dict:
@@ -46,9 +52,49 @@ def train_overrides(s: DictConfig, task: str, method: str) -> list[str]:
 
 
 def train(s: DictConfig, task: str, method: str) -> Path:
+    if method == REFIT:  # the DDN's own training, refitted afterwards
+        return refit(s, task, train(s, task, "ddn"))
     overrides = train_overrides(s, task, method)
     run_dir = Path(s.cache_dir) / f"{task}-{method}-s{s.seed}-{settings_key({'o': overrides})}"
     return train_once(run_dir, overrides, s.threads)
+
+
+def refit(s: DictConfig, task: str, run_dir: Path) -> Path:
+    """The trained DDN with its selection prior refitted on the training scenes, kept as
+    run_dir/refit-<settings>/ in the layout of a training run; cached (the manifest is
+    written last)."""
+    from ddn_policy.core.prior_refit import PriorRefitConfig
+    from ddn_policy.dense import DensePredictor
+    from ddn_policy.dense.predictor import TASKS
+    from ddn_policy.dense.train import TRUTH_KEYS, dataset_path
+    from ddn_policy.utils.io import MANIFEST, atomic_write_text
+    from tasks.dense import DenseDataset
+
+    settings = OmegaConf.to_container(s.refit, resolve=True)
+    out = run_dir / f"refit-{settings_key(settings)}"
+    saved = out / "checkpoints" / "last" / "pretrained_model"
+    if not (saved / MANIFEST).is_file():
+        predictor = DensePredictor.from_pretrained(run_dir / "checkpoints/last/pretrained_model")
+        scenes = DenseDataset(
+            dataset_path(data_settings(s), "train"), TASKS[task][0] + TRUTH_KEYS[task]
+        )
+        batch = {k: torch.as_tensor(v) for k, v in scenes.arrays.items()}
+        report = predictor.refit_prior(batch, PriorRefitConfig(**settings))
+        atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
+        predictor.save_pretrained(saved)
+    return out
+
+
+def refit_rows(refit_dir: Path) -> list[dict]:
+    """The refit's held-out cross-entropy (nats) of the prior against the nearest-node
+    paths of training scenes, before (as trained) and after: first layer, mean over layers."""
+    report = json.loads((refit_dir / "refit_report.json").read_text())
+    rows = []
+    for when in ("before", "after"):
+        values = [r[f"val_nll_{when}"] for r in report]
+        for what, value in (("first_layer", values[0]), ("mean", sum(values) / len(values))):
+            rows.append({"metric": f"prior_nll_{what}_{when}_refit", "value": value})
+    return rows
 
 
 def hypotheses(s: DictConfig, method: str) -> int:
@@ -64,11 +110,13 @@ def evaluate_run(s: DictConfig, task: str, method: str, predictor, run_dir: Path
     eval_cfg["hypotheses"] = hypotheses(s, method)
     key = settings_key(eval_cfg)
     rows = cached(run_dir / f"eval-{key}.json", lambda: evaluate(predictor, test, eval_cfg))
-    if method == "ddn":  # why its samples miss: what it can represent, how it chooses
+    if method in DDN_METHODS:  # why its samples miss: what it can represent, how it chooses
         rows += cached(
             run_dir / f"eval-selection-{key}.json",
             lambda: selection_rows(predictor, test, eval_cfg),
         )
+    if method == REFIT:
+        rows += refit_rows(run_dir)
     if task == "depth" and s.middlebury:
         rows += cached(
             run_dir / f"eval-middlebury-{key}.json", lambda: middlebury(predictor, eval_cfg)
@@ -106,7 +154,7 @@ def same_run_timing(s: DictConfig, task: str, predictors: dict, test) -> list[di
     for method, predictor in predictors.items():
         n = hypotheses(s, method)
         calls = {"ms_per_image_same_run": lambda p=predictor, n=n: p.predict(batch, n=n)}
-        if method == "ddn" and s.eval.get("central", False):  # the one-walk point estimate
+        if method in DDN_METHODS and s.eval.get("central", False):  # the one-walk point estimate
             calls["ms_per_image_central_same_run"] = lambda p=predictor: p.predict(
                 batch, n=1, point="central"
             )
@@ -166,10 +214,16 @@ def scene_checks(test, size: int) -> list[dict]:
 
 def dense_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     from ddn_policy.dense import DensePredictor
+    from ddn_policy.dense.predictor import METHODS
     from ddn_policy.dense.train import dataset_path
     from tasks.dense import DenseDataset
 
     s = cfg.suite
+    unknown = [m for m in s.methods if m not in (*METHODS, REFIT)]
+    if unknown:
+        raise ValueError(
+            f"unknown dense methods {unknown}; suite.methods takes {[*METHODS, REFIT]}"
+        )
     data = data_settings(s)
     test = DenseDataset(dataset_path(data, "test"))
     rows = scene_checks(test, data["scene"]["size"])
