@@ -99,7 +99,8 @@ def test_refit_writes_a_loadable_model_once_and_reuses_it(monkeypatch, tmp_path)
     again = bench_images.refit("digits-x", run_dir, suite, images)
     assert first == again and len(calls) == 1
     assert len(json.loads((first / "refit_report.json").read_text())) == trained.model.num_layers
-    rows = {r["metric"]: r["value"] for r in bench_images.refit_rows("digits-x-refit", first)}
+    report = json.loads((first / "refit_report.json").read_text())
+    rows = {r["metric"]: r["value"] for r in prior_refit.summary_rows(report)}
     assert rows["prior_nll_mean_after_refit"] <= rows["prior_nll_mean_before_refit"]
     assert set(rows) == {
         f"prior_nll_{w}_{t}_refit" for w in ("first_layer", "mean") for t in ("before", "after")

@@ -162,3 +162,15 @@ def refit_priors(
         )
     model.train(was_training)
     return report
+
+
+def summary_rows(report: list[dict]) -> list[dict]:
+    """A refit report as flat result rows: the held-out cross-entropy (nats) of the prior
+    against the nearest-node paths before (as trained) and after the refit, at the first
+    layer and as the mean over layers (`prior_nll_{first_layer,mean}_{before,after}_refit`)."""
+    rows = []
+    for when in ("before", "after"):
+        values = [r[f"val_nll_{when}"] for r in report]
+        for what, value in (("first_layer", values[0]), ("mean", sum(values) / len(values))):
+            rows.append({"metric": f"prior_nll_{what}_{when}_refit", "value": value})
+    return rows

@@ -85,18 +85,6 @@ def refit(s: DictConfig, task: str, run_dir: Path) -> Path:
     return out
 
 
-def refit_rows(refit_dir: Path) -> list[dict]:
-    """The refit's held-out cross-entropy (nats) of the prior against the nearest-node
-    paths of training scenes, before (as trained) and after: first layer, mean over layers."""
-    report = json.loads((refit_dir / "refit_report.json").read_text())
-    rows = []
-    for when in ("before", "after"):
-        values = [r[f"val_nll_{when}"] for r in report]
-        for what, value in (("first_layer", values[0]), ("mean", sum(values) / len(values))):
-            rows.append({"metric": f"prior_nll_{what}_{when}_refit", "value": value})
-    return rows
-
-
 def hypotheses(s: DictConfig, method: str) -> int:
     """Samples per image: the diffusion ensemble's size, or the DDN's K draws."""
     return s.eval.ensemble if method == "diffusion" else s.eval.k
@@ -116,7 +104,9 @@ def evaluate_run(s: DictConfig, task: str, method: str, predictor, run_dir: Path
             lambda: selection_rows(predictor, test, eval_cfg),
         )
     if method == REFIT:
-        rows += refit_rows(run_dir)
+        from ddn_policy.core.prior_refit import summary_rows
+
+        rows += summary_rows(json.loads((run_dir / "refit_report.json").read_text()))
     if task == "depth" and s.middlebury:
         rows += cached(
             run_dir / f"eval-middlebury-{key}.json", lambda: middlebury(predictor, eval_cfg)

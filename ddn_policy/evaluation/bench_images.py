@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ddn_policy.core.prior_refit import summary_rows
 from ddn_policy.evaluation.report import markdown_table
 from ddn_policy.evaluation.runs import cached, train_once
 from ddn_policy.images.train import grid, save_png
@@ -46,18 +47,6 @@ def refit(name: str, run_dir: Path, s: DictConfig, train_images: torch.Tensor) -
         atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
         generator.save_pretrained(saved)
     return out
-
-
-def refit_rows(name: str, refit_dir: Path) -> list[dict]:
-    """The refit's held-out cross-entropy (nats) of the prior against the nearest-node
-    paths, before (the prior as trained) and after: first layer and mean over layers."""
-    report = json.loads((refit_dir / "refit_report.json").read_text())
-    rows = []
-    for when in ("before", "after"):
-        values = [r[f"val_nll_{when}"] for r in report]
-        for what, value in (("first_layer", values[0]), ("mean", sum(values) / len(values))):
-            rows.append({"model": name, "metric": f"prior_nll_{what}_{when}_refit", "value": value})
-    return rows
 
 
 def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:
@@ -177,7 +166,8 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
     run_dirs = {name: train(name, s) for name in s.experiments}
     for name in [n for n in s.refit_models if n in run_dirs]:  # like zscg_models
         run_dirs[f"{name}-refit"] = refit(name, run_dirs[name], s, data[0].images)
-        rows += refit_rows(f"{name}-refit", run_dirs[f"{name}-refit"])
+        report = json.loads((run_dirs[f"{name}-refit"] / "refit_report.json").read_text())
+        rows += [{"model": f"{name}-refit", **r} for r in summary_rows(report)]
     for name, run_dir in run_dirs.items():
         rows += [
             r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
