@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ddn_policy.cli import CONFIG_DIR, refuse_targets
-from ddn_policy.utils.io import MANIFEST, atomic_write_text, settings_key
+from ddn_policy.utils.io import refit_once, settings_key
 
 
 def policy_dir(checkpoint: str | Path) -> Path:
@@ -60,21 +60,21 @@ def refit_checkpoint(checkpoint: str | Path, settings: dict, out: str | Path | N
     from ddn_policy.policies.factory import load_policy
 
     out = Path(out) if out else Path(checkpoint) / f"refit-{settings_key(settings)}"
-    if (out / "pretrained_model" / MANIFEST).is_file():
-        return out
-    policy = load_policy(policy_dir(checkpoint))
-    if not hasattr(policy, "refit_prior"):
-        raise ValueError(
-            f"{checkpoint} holds a {policy.name!r} policy; only a DDN policy has a "
-            "selection prior to refit"
+
+    def fit():
+        policy = load_policy(policy_dir(checkpoint))
+        if not hasattr(policy, "refit_prior"):
+            raise ValueError(
+                f"{checkpoint} holds a {policy.name!r} policy; only a DDN policy has a "
+                "selection prior to refit"
+            )
+        windows = training_windows(checkpoint)
+        report = policy.refit_prior(
+            windows["obs"], windows["action"], PriorRefitConfig(**settings), windows["episode"]
         )
-    windows = training_windows(checkpoint)
-    report = policy.refit_prior(
-        windows["obs"], windows["action"], PriorRefitConfig(**settings), windows["episode"]
-    )
-    atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
-    policy.save_pretrained(out / "pretrained_model")  # its manifest last: complete
-    return out
+        return policy, report
+
+    return refit_once(out, out / "pretrained_model", fit)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="refit", version_base="1.3")

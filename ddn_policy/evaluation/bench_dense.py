@@ -67,22 +67,21 @@ def refit(s: DictConfig, task: str, run_dir: Path) -> Path:
     from ddn_policy.dense import DensePredictor
     from ddn_policy.dense.predictor import TASKS
     from ddn_policy.dense.train import TRUTH_KEYS, dataset_path
-    from ddn_policy.utils.io import MANIFEST, atomic_write_text
+    from ddn_policy.utils.io import refit_once
     from tasks.dense import DenseDataset
 
     settings = OmegaConf.to_container(s.refit, resolve=True)
     out = run_dir / f"refit-{settings_key(settings)}"
-    saved = out / "checkpoints" / "last" / "pretrained_model"
-    if not (saved / MANIFEST).is_file():
+
+    def fit():
         predictor = DensePredictor.from_pretrained(run_dir / "checkpoints/last/pretrained_model")
         scenes = DenseDataset(
             dataset_path(data_settings(s), "train"), TASKS[task][0] + TRUTH_KEYS[task]
         )
         batch = {k: torch.as_tensor(v) for k, v in scenes.arrays.items()}
-        report = predictor.refit_prior(batch, PriorRefitConfig(**settings))
-        atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
-        predictor.save_pretrained(saved)
-    return out
+        return predictor, predictor.refit_prior(batch, PriorRefitConfig(**settings))
+
+    return refit_once(out, out / "checkpoints" / "last" / "pretrained_model", fit)
 
 
 def hypotheses(s: DictConfig, method: str) -> int:

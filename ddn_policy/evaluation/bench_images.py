@@ -34,19 +34,19 @@ def refit(name: str, run_dir: Path, s: DictConfig, train_images: torch.Tensor) -
     written last)."""
     from ddn_policy.core.prior_refit import PriorRefitConfig, refit_priors
     from ddn_policy.images.generator import ImageGenerator
-    from ddn_policy.utils.io import MANIFEST, atomic_write_text
+    from ddn_policy.utils.io import refit_once
 
     settings = OmegaConf.to_container(s.refit, resolve=True)
     out = run_dir / f"refit-{settings_key(settings)}"
-    saved = out / "checkpoints" / "last" / "pretrained_model"
-    if not (saved / MANIFEST).is_file():
+
+    def fit():
         generator = ImageGenerator.from_pretrained(
             run_dir / "checkpoints" / "last" / "pretrained_model"
         )
         report = refit_priors(generator.model, train_images, cfg=PriorRefitConfig(**settings))
-        atomic_write_text(out / "refit_report.json", json.dumps(report, indent=2))
-        generator.save_pretrained(saved)
-    return out
+        return generator, report
+
+    return refit_once(out, out / "checkpoints" / "last" / "pretrained_model", fit)
 
 
 def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judge) -> list[dict]:

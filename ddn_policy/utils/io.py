@@ -54,6 +54,18 @@ class UnsafeFileError(ValueError):
     """A file that is not what a ddn-policy checkpoint holds, or that was changed."""
 
 
+def refit_once(out: Path, model_dir: Path, fit) -> Path:
+    """A prior refit kept on disk and done once: unless model_dir holds a complete model,
+    `fit()` returns (the refitted model, its per-layer report); the report goes to
+    out/refit_report.json, then the model to model_dir (its manifest last, so a complete
+    model_dir means a finished refit). Returns out."""
+    if not (Path(model_dir) / MANIFEST).is_file():
+        model, report = fit()
+        atomic_write_text(Path(out) / "refit_report.json", json.dumps(report, indent=2))
+        model.save_pretrained(model_dir)
+    return Path(out)
+
+
 def read_safetensors(path: str | Path) -> dict:
     """Tensors from a safetensors file; pickles, zip archives (torch.save) and torn or
     edited files are refused by name."""
