@@ -157,16 +157,19 @@ def test_baselines_train_and_predict_through_the_same_interface(scenes, tmp_path
         predictor.predict(batch_of(scenes, [0]), n=2, point="central")
 
 
-@pytest.mark.parametrize("method", ["ddn", "diffusion"])
+@pytest.mark.parametrize("method", ["ddn", "ddn_mean_head", "diffusion"])
 def test_save_and_load_give_identical_hypotheses(scenes, tmp_path, method):
+    model = {
+        "ddn": None,
+        "ddn_mean_head": {"mean_head": True},
+        "diffusion": {"block_out_channels": (16, 32), "inference_steps": 2},
+    }[method]
     config = DensePredictorConfig(
         task="flow",
-        method=method,
+        method=method.removesuffix("_mean_head"),
         preset="tiny",
         image_size=SIZE,
-        model={"block_out_channels": (16, 32), "inference_steps": 2}
-        if method == "diffusion"
-        else None,
+        model=model,
     )
     predictor = DensePredictor(config)
     predictor.eval().save_pretrained(tmp_path)
@@ -176,6 +179,47 @@ def test_save_and_load_give_identical_hypotheses(scenes, tmp_path, method):
     a = predictor.predict(batch, n=3, generator=torch.Generator().manual_seed(1))
     b = loaded.predict(batch, n=3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a["hypotheses"], b["hypotheses"])
+
+
+def test_mean_head_learns_the_mean_and_the_decoder_models_the_residual(scenes, tmp_path):
+    torch.manual_seed(0)
+    model = {"mean_head": True}
+    config = DensePredictorConfig(task="flow", preset="tiny", image_size=SIZE, model=model)
+    predictor = DensePredictor(config)
+    cfg = TrainConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5)
+    Trainer(predictor, scenes, cfg, tmp_path).fit()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    mean_losses = [r["mean_loss"] for r in records if "mean_loss" in r]
+    assert sum(mean_losses[-3:]) < 0.8 * sum(mean_losses[:3])
+    batch = batch_of(scenes, range(8))
+    net = predictor.eval().model
+    with torch.no_grad():
+        cond, target = predictor.condition(batch), predictor.target(batch)
+        goal, features = net.decoder_terms(cond, target)
+        mean = target - goal  # the mean head's estimate
+        gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        hyps = net.sample(cond, 4, generator=gen())  # (8, 4, 2, H, W)
+        draws = net.ddn.sample(4, features, generator=gen())
+        torch.testing.assert_close(hyps, draws + mean[:, None])  # the decoder's draws, shifted
+        # the decoder's nearest walk toward the residual improves on the mean alone
+        walked = net.ddn.reconstruct(goal, features) + mean
+    assert (walked - target).square().mean() < 0.8 * (mean - target).square().mean()
+
+
+def test_shifted_scorer_scores_candidates_in_the_targets_terms():
+    from ddn_policy.models.dense import shifted_scorer
+
+    offset = torch.randn(3, 2, 8, 8)  # (rows, C, H, W)
+    seen = []
+
+    def score(candidates, ctx):
+        seen.append(candidates)
+        return candidates.flatten(2).mean(-1)  # (rows, K)
+
+    residuals = torch.zeros(3, 5, 2, 4, 4)  # K=5 candidates at a 4x4 layer
+    shifted_scorer(score, offset)(residuals, None)
+    pooled = torch.nn.functional.avg_pool2d(offset, 2)  # area pooling to 4x4
+    torch.testing.assert_close(seen[0], pooled[:, None].expand(-1, 5, -1, -1, -1))
 
 
 def test_central_point_is_one_deterministic_walk_near_the_middle_of_the_hypotheses(scenes, trained):

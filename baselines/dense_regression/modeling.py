@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddn_policy.models.dense import ConditionEncoder, DenseDDNConfig
-from ddn_policy.models.image import ConvResidual
+from ddn_policy.models.dense import ConditionEncoder, DenseDDNConfig, regression_head
 
 
 class DenseRegression(nn.Module):
@@ -16,12 +15,7 @@ class DenseRegression(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = ConditionEncoder(cfg)
-        width = cfg.encoder_width
-        self.head = nn.Sequential(
-            nn.Conv2d(cfg.features, width, 3, padding=1),
-            ConvResidual(width, cfg.ddn.groups),
-            nn.Conv2d(width, cfg.ddn.channels, 1),
-        )
+        self.head = regression_head(cfg)
 
     def forward(self, cond_image: Tensor) -> Tensor:
         return self.head(self.encoder(cond_image))  # (B, C, H, W)

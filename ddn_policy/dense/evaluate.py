@@ -170,18 +170,17 @@ def selection_rows(predictor: DensePredictor, data, cfg: dict) -> list[dict]:
     for batch in batches(data, cfg["images"], cfg["batch"]):
         truth, mask = truth_of(task, batch)
         target = predictor.target(batch)
-        cond = predictor.model.encoder(predictor.condition(batch))
-        walk = ddn.walk(target.shape[0], Nearest(target), cond)
-        scores = {
-            f"oracle_{k}": v
-            for k, v in point_rows(task, predictor.to_units(walk.x), truth, mask).items()
-        }
+        goal, cond = predictor.model.decoder_terms(predictor.condition(batch), target)
+        offset = target - goal  # the mean head's estimate, or zero: walks toward goal + it
+        walk = ddn.walk(target.shape[0], Nearest(goal), cond)
+        oracle = point_rows(task, predictor.to_units(walk.x + offset), truth, mask)
+        scores = {f"oracle_{k}": v for k, v in oracle.items()}
         if walk.layer_logprob is not None and ddn.first_layer.has_prior:
             nll = -walk.layer_logprob.mean(0)  # (L,)
             scores |= {"prior_nll_first_layer": float(nll[0]), "prior_nll_mean": float(nll.mean())}
         for layers in cfg.get("oracle_prefix", ()):
-            prefix = ddn.walk(target.shape[0], Prefix(Nearest(target), Central(), layers), cond)
-            rows_m = point_rows(task, predictor.to_units(prefix.x), truth, mask)
+            prefix = ddn.walk(target.shape[0], Prefix(Nearest(goal), Central(), layers), cond)
+            rows_m = point_rows(task, predictor.to_units(prefix.x + offset), truth, mask)
             scores |= {f"oracle_prefix_{layers}_{k}": v for k, v in rows_m.items()}
         means.add(scores, truth.shape[0])
     rows = means.rows()

@@ -169,7 +169,9 @@ class DensePredictor(nn.Module):
     # ------------------------------------------------------------------ training, inference
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
         loss, info = self.model.loss(self.target(batch), self.condition(batch))
-        return loss, {k: v for k, v in info.items() if k in ("layer_losses", "prior_loss")}
+        return loss, {
+            k: v for k, v in info.items() if k in ("layer_losses", "prior_loss", "mean_loss")
+        }
 
     @torch.no_grad()
     def predict(
@@ -219,9 +221,10 @@ class DensePredictor(nn.Module):
         with torch.no_grad():
             rows = range(0, len(next(iter(batch.values()))), chunk)
             parts = [{k: v[i : i + chunk] for k, v in batch.items()} for i in rows]
-            target = torch.cat([self.target(p) for p in parts])  # (N, C, H, W)
-            cond = torch.cat([self.model.encoder(self.condition(p)) for p in parts])  # (N, F, H, W)
-        return refit_priors(self.model.ddn, target, cond, cfg)
+            terms = [self.model.decoder_terms(self.condition(p), self.target(p)) for p in parts]
+            goal = torch.cat([g for g, _ in terms])  # (N, C, H, W)
+            cond = torch.cat([f for _, f in terms])  # (N, F, H, W)
+        return refit_priors(self.model.ddn, goal, cond, cfg)
 
     def _score(self, guide, n: int):
         """A dense guide as the core's scorer: candidates in task units, and the input

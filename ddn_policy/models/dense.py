@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddn_policy.core.select import Selector
 from ddn_policy.models.action import preset_fields
-from ddn_policy.models.image import ImageDDNConfig, UNetBlock, image_ddn, norm
+from ddn_policy.models.image import (
+    ConvResidual,
+    ImageDDNConfig,
+    UNetBlock,
+    image_ddn,
+    norm,
+    resize,
+)
 
 
 @dataclass
@@ -23,6 +32,10 @@ class DenseDDNConfig:
     encoder_width: int = 32  # encoder channels at full size (2x at 1/2 and 1/4)
     features: int = 16  # encoder output channels handed to every decoder block
     ddn: ImageDDNConfig = field(default_factory=ImageDDNConfig)  # the DDL decoder
+    # a regression head on the features predicts the mean (L2, as the regression
+    # baseline) and the decoder models the residual around it (CorrDiff's split): the
+    # hypotheses spread around a point the network can name, not one drawn at random
+    mean_head: bool = False
 
     def __post_init__(self):
         if isinstance(self.ddn, dict):
@@ -55,20 +68,64 @@ class ConditionEncoder(nn.Module):
         return self.out(self.unet(None, image, None, None))  # (B, features, H, W)
 
 
+def regression_head(cfg: DenseDDNConfig) -> nn.Module:
+    """(B, features, H, W) -> (B, C, H, W): the regression baseline's head."""
+    width = cfg.encoder_width
+    return nn.Sequential(
+        nn.Conv2d(cfg.features, width, 3, padding=1),
+        ConvResidual(width, cfg.ddn.groups),
+        nn.Conv2d(width, cfg.ddn.channels, 1),
+    )
+
+
 class DenseDDN(nn.Module):
     def __init__(self, cfg: DenseDDNConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = ConditionEncoder(cfg)
+        self.mean = regression_head(cfg) if cfg.mean_head else None
         self.ddn = image_ddn(cfg.ddn)
+
+    def decoder_terms(self, cond_image: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(goal, features): what the decoder is trained toward (the target, or its
+        residual around the mean head's estimate) and its condition. A decoder walk
+        toward `goal` gives x; x + target - goal is that walk in the target's terms."""
+        features = self.encoder(cond_image)
+        if self.mean is None:
+            return target, features
+        return target - self.mean(features), features
 
     def loss(self, target: Tensor, cond_image: Tensor) -> tuple[Tensor, dict]:
         """target (B, C, H, W) normalized, cond_image (B, C_in, H, W)."""
-        return self.ddn.loss(target, self.encoder(cond_image))
+        features = self.encoder(cond_image)
+        if self.mean is None:
+            return self.ddn.loss(target, features)
+        mean = self.mean(features)
+        # the residual is taken around a detached mean so that the decoder's loss on its
+        # chosen candidate never pulls the mean away from the L2 estimate
+        loss, info = self.ddn.loss(target - mean.detach(), features)
+        mean_loss = F.mse_loss(mean, target)
+        return loss + mean_loss, {**info, "mean_loss": mean_loss.detach()}
 
     def sample(self, cond_image: Tensor, n: int, guide=None, generator=None, top_k: int = 2):
         """(B, n, C, H, W): n hypotheses per image as one walk of B*n rows."""
-        return self.ddn.sample(n, self.encoder(cond_image), guide, generator, top_k)
+        features = self.encoder(cond_image)
+        if self.mean is None:
+            return self.ddn.sample(n, features, guide, generator, top_k)
+        mean = self.mean(features)  # (B, C, H, W)
+        if guide is not None and not isinstance(guide, Selector):
+            guide = shifted_scorer(guide, mean.repeat_interleave(n, 0))  # rows (B*n, C, H, W)
+        return self.ddn.sample(n, features, guide, generator, top_k) + mean[:, None]
+
+
+def shifted_scorer(score, offset: Tensor):
+    """A scorer of target-space candidates as a scorer of residual candidates: every
+    layer's (B, K, C, h, w) candidates get the offset, area-pooled to h x w, added."""
+
+    def scorer(candidates: Tensor, ctx) -> Tensor:
+        return score(candidates + resize(offset, candidates.shape[-1], "area")[:, None], ctx)
+
+    return scorer
 
 
 # A conditional head samples from a learned selection prior, with per-sample chain
