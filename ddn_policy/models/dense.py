@@ -86,21 +86,23 @@ class DenseDDN(nn.Module):
         self.mean = regression_head(cfg) if cfg.mean_head else None
         self.ddn = image_ddn(cfg.ddn)
 
+    def encode(self, cond_image: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(features (B, F, H, W), the mean head's estimate (B, C, H, W) or None)."""
+        features = self.encoder(cond_image)
+        return features, None if self.mean is None else self.mean(features)
+
     def decoder_terms(self, cond_image: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """(goal, features): what the decoder is trained toward (the target, or its
         residual around the mean head's estimate) and its condition. A decoder walk
         toward `goal` gives x; x + target - goal is that walk in the target's terms."""
-        features = self.encoder(cond_image)
-        if self.mean is None:
-            return target, features
-        return target - self.mean(features), features
+        features, mean = self.encode(cond_image)
+        return (target if mean is None else target - mean), features
 
     def loss(self, target: Tensor, cond_image: Tensor) -> tuple[Tensor, dict]:
         """target (B, C, H, W) normalized, cond_image (B, C_in, H, W)."""
-        features = self.encoder(cond_image)
-        if self.mean is None:
+        features, mean = self.encode(cond_image)
+        if mean is None:
             return self.ddn.loss(target, features)
-        mean = self.mean(features)
         # the residual is taken around a detached mean so that the decoder's loss on its
         # chosen candidate never pulls the mean away from the L2 estimate
         loss, info = self.ddn.loss(target - mean.detach(), features)
@@ -109,10 +111,9 @@ class DenseDDN(nn.Module):
 
     def sample(self, cond_image: Tensor, n: int, guide=None, generator=None, top_k: int = 2):
         """(B, n, C, H, W): n hypotheses per image as one walk of B*n rows."""
-        features = self.encoder(cond_image)
-        if self.mean is None:
+        features, mean = self.encode(cond_image)  # mean (B, C, H, W) or None
+        if mean is None:
             return self.ddn.sample(n, features, guide, generator, top_k)
-        mean = self.mean(features)  # (B, C, H, W)
         if guide is not None and not isinstance(guide, Selector):
             guide = shifted_scorer(guide, mean.repeat_interleave(n, 0))  # rows (B*n, C, H, W)
         return self.ddn.sample(n, features, guide, generator, top_k) + mean[:, None]
