@@ -76,7 +76,6 @@ def stroke_error(pred: Tensor, truth: Tensor, alpha: Tensor) -> float:
     return float((alpha * diff).sum() / alpha.sum())
 
 
-@torch.no_grad()
 class ImageMeans:
     """Per-batch scores averaged with each batch weighted by its images, so batches of
     any size give the mean over images."""
