@@ -276,6 +276,23 @@ def test_bad_input_names_the_expected_value(scenes):
         DensePredictorConfig(task="normals")
 
 
+@pytest.mark.parametrize("task,mean_head", [("depth", True), ("flow", True), ("color", False)])
+def test_ddn_experiments_train_the_benchmarked_settings(task, mean_head):
+    """ddn-train experiment=<task>-ddn trains what the README's tables measured: chain
+    dropout 0.5 (suite=dense), and the mean head where it meets the targets."""
+    from hydra import compose, initialize_config_dir
+
+    from ddn_policy.dense.train import predictor_config
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(configs, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={task}-ddn"])
+    model = DensePredictor(predictor_config(cfg.experiment)).config.model
+    assert model.ddn.chain_dropout_per_sample == 0.5
+    assert model.mean_head is mean_head
+    assert model.ddn.prior  # the conditional defaults stay under the override
+
+
 def test_ddn_train_experiment_renders_once_and_trains(tmp_path):
     from hydra import compose, initialize_config_dir
 
