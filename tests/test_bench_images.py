@@ -109,3 +109,28 @@ def test_refit_writes_a_loadable_model_once_and_reuses_it(monkeypatch, tmp_path)
     heads = {k for k, v in trained.model.state_dict().items()
              if not torch.equal(v, refitted.model.state_dict()[k])}  # fmt: skip
     assert all(".prior_head." in k for k in heads)
+
+
+def test_a_second_training_seed_keeps_the_feature_classifier(monkeypatch):
+    """FDs of training seeds 0 and 1 must share one feature space: the classifiers follow
+    suite.classifier_seed, not suite.seed."""
+    from ddn_policy.images import classifier
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cache_dir, dataset, seed, epochs):
+        seen.append(seed)
+        if len(seen) == 2:
+            raise Stop
+
+    monkeypatch.setattr(classifier, "cached_classifier", record)
+    from ddn_policy.evaluation.bench_images import images_suite
+
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("bench", overrides=["suite=images", "suite.seed=1"])
+    with pytest.raises(Stop):
+        images_suite(cfg)
+    assert seen == [0, 1]  # the guide classifier and the judge, as for training seed 0

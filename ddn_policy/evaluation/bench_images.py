@@ -64,7 +64,11 @@ def evaluate_run(name: str, run_dir: Path, s: DictConfig, data, classifier, judg
     from ddn_policy.images.pictures import latent_tree, progress_strips
 
     out_dir, seed = Path(s.results_dir), s.seed
-    key = settings_key(OmegaConf.to_container(s.eval, resolve=True))
+    evaluation = OmegaConf.to_container(s.eval, resolve=True)
+    # cached evaluations depend on the feature classifier; seed 0 keeps the older keys
+    key = settings_key(
+        evaluation | ({"classifier": s.classifier_seed} if s.classifier_seed else {})
+    )
     saved = run_dir / "checkpoints" / "last" / "pretrained_model"
     if json.loads((saved / "config.json").read_text())["name"] == "diffusion_image":
         from baselines.diffusion_image import DiffusionImageModel
@@ -156,8 +160,9 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
 
     s = cfg.suite
     data = (load_digits(s.dataset, "train"), load_digits(s.dataset, "test"))
-    classifier = cached_classifier(s.cache_dir, s.dataset, s.seed, s.classifier_epochs)
-    judge = cached_classifier(s.cache_dir, s.dataset, s.seed + 1, s.classifier_epochs)
+    # the feature space stays put when only the training seed changes, so FDs compare
+    classifier = cached_classifier(s.cache_dir, s.dataset, s.classifier_seed, s.classifier_epochs)
+    judge = cached_classifier(s.cache_dir, s.dataset, s.classifier_seed + 1, s.classifier_epochs)
     own = nearest_distance(data[1].images, data[0].images)  # what memorising would beat
     rows = [{"model": "test set", "metric": "nearest_train_l2", "value": float(own.mean())}]
     for role, net in (("guide classifier", classifier), ("judge classifier", judge)):
@@ -170,7 +175,8 @@ def images_suite(cfg: DictConfig) -> tuple[list[dict], str]:
         rows += [{"model": f"{name}-refit", **r} for r in summary_rows(report)]
     for name, run_dir in run_dirs.items():
         rows += [
-            r | {"steps": s.steps} for r in evaluate_run(name, run_dir, s, data, classifier, judge)
+            r | {"steps": s.steps, "seed": s.seed}
+            for r in evaluate_run(name, run_dir, s, data, classifier, judge)
         ]
     rows += same_run_timing(run_dirs, s)
     columns = ["model", "task", "samples", "sampler", "kept_layers", "metric", "value"]
