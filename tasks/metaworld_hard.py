@@ -13,6 +13,12 @@ Clean scripted demonstrations are nearly unimodal, so every method scores near 1
   not in the 39-D observation, but its place is a fixed function of the first
   observation (hand start and target), which the policy sees.
   `info["route"]` is the side the hand passed on (-1 before it reaches the pillar).
+- **Two layouts.** `layout=ahead` (the default): the hand starts in front of the robot and
+  the pillar stands only ~12 cm ahead of it, so the expert's first move is sideways and
+  the two strategies share no path. `layout=side`: the hand starts 45 cm to the robot's
+  right of the target, the expert drives straight at the pillar and forks `FORK_BACK`
+  short of it, so every demonstration shares its first segment and the strategies split
+  from one moving state (where an average of the two goes straight on, into the pillar).
 - **Messy demonstrations.** `noise=low|high` adds temporally correlated
   (Ornstein-Uhlenbeck) action noise and occasional pauses to the expert; demonstrations
   are still kept only when they succeed.
@@ -51,12 +57,18 @@ MIN_OBJECT_GOAL = {"push": 0.15, "pick-place": 0.15, "reach": 0.15, "assembly": 
 STRATEGIES = ("left", "right")
 NOISE_LEVELS = {"none": 0.0, "low": 0.05, "high": 0.1}  # stationary std of the OU noise
 STARTS = ("in", "ood")
+LAYOUTS = ("ahead", "side")
 
-HAND_START = np.array([0.0, 0.4, 0.2])  # farther back than Meta-World's, to leave room
+# layout -> the hand's start; ahead: farther back than Meta-World's, to leave room
+HAND_START = {"ahead": np.array([0.0, 0.4, 0.2]), "side": np.array([-0.45, 0.65, 0.2])}
+CRUISE_HEIGHT = 0.2  # m, the hand's height until it is past the pillar
 PILLAR_RADIUS = 0.03
 PILLAR_HEIGHT = 0.35  # above the scripted policies' 0.2 m cruise height and the claws
-VIA_CLEARANCE = 0.12  # via-point's distance beside the pillar centre
-VIA_AHEAD = 0.06  # and this far beyond it (+y, towards the target)
+# layout -> via-point's distance beside the pillar centre (side: the hand passes the
+# pillar diagonally, and 0.12 lets the hand's mesh touch it)
+VIA_CLEARANCE = {"ahead": 0.12, "side": 0.16}
+VIA_AHEAD = 0.06  # and this far beyond it (towards the target)
+FORK_BACK = 0.12  # side layout: the shared path ends this far short of the pillar centre
 ROUTE_ZONE = 0.06  # |y - pillar y| inside which the side of the pillar names the route
 ROUTE_DEADBAND = 0.03  # |x - pillar x| below which the side is not decided
 IN_RANGE = (0.25, 0.75)  # the central half of each reset coordinate's range
@@ -75,6 +87,7 @@ class HardVariant:
     strategy: str | None = None  # only this strategy (None: each episode draws one)
     noise: str = "none"  # expert noise level, one of NOISE_LEVELS
     starts: str = "in"  # start distribution, one of STARTS
+    layout: str = "ahead"  # where the hand starts and where the strategies fork, one of LAYOUTS
 
     def __post_init__(self):
         checks = {
@@ -82,6 +95,7 @@ class HardVariant:
             "strategy": (self.strategy, (None, *STRATEGIES)),
             "noise": (self.noise, tuple(NOISE_LEVELS)),
             "starts": (self.starts, STARTS),
+            "layout": (self.layout, LAYOUTS),
         }
         for name, (value, valid) in checks.items():
             if value not in valid:
@@ -111,7 +125,7 @@ class HardVariant:
         return cls(task, **options)
 
 
-OPTIONS = tuple(f.name for f in fields(HardVariant)[1:])  # strategy, noise, starts
+OPTIONS = tuple(f.name for f in fields(HardVariant)[1:])  # strategy, noise, starts, layout
 
 
 def task_names() -> list[str]:
@@ -157,6 +171,17 @@ def pillar_xy(task: str, first_obs: np.ndarray) -> np.ndarray:
     return 0.5 * (first_obs[:2] + first_target(task, first_obs)[:2])
 
 
+def travel_axes(layout: str, task: str, first_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit xy vectors (towards the target, towards the left strategy's side). ahead: +y
+    and -x for every start, the axes the layout was built on; side: from the hand's start
+    to the first target, and that turned a quarter anticlockwise."""
+    if layout == "ahead":
+        return np.array([0.0, 1.0]), np.array([-1.0, 0.0])
+    way = first_target(task, first_obs)[:2] - first_obs[:2]
+    way = way / np.linalg.norm(way)
+    return way, np.array([-way[1], way[0]])
+
+
 def draw_start(
     rng: np.random.Generator, low: np.ndarray, high: np.ndarray, starts: str, min_separation: float
 ) -> np.ndarray:
@@ -187,7 +212,7 @@ class HardMetaWorldEnv(MetaWorldEnv):
         )
         self.variant = variant
         inner = self.env.unwrapped
-        inner.hand_init_pos = HAND_START.copy()
+        inner.hand_init_pos = HAND_START[variant.layout].copy()
         self._model = inner.model
         self._pillar_body = self._model.body("ddn_pillar").id
         self._pillar_geom = self._model.geom("ddn_pillar").id
@@ -197,6 +222,7 @@ class HardMetaWorldEnv(MetaWorldEnv):
         )
         self.route = -1
         self._pillar = np.zeros(2)
+        self._axes = (np.array([0.0, 1.0]), np.array([-1.0, 0.0]))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         import mujoco
@@ -210,6 +236,7 @@ class HardMetaWorldEnv(MetaWorldEnv):
         inner._freeze_rand_vec = True
         obs, info = self.env.reset()
         self._pillar = pillar_xy(self.variant.task, obs)
+        self._axes = travel_axes(self.variant.layout, self.variant.task, obs)
         self._model.body_pos[self._pillar_body, :2] = self._pillar
         mujoco.mj_forward(self._model, inner.data)
         self.route = -1
@@ -224,9 +251,10 @@ class HardMetaWorldEnv(MetaWorldEnv):
         return False
 
     def _update_route(self, hand_xy: np.ndarray) -> None:
-        dx, dy = hand_xy - self._pillar  # the way to every first target is along +y
-        if abs(dy) < ROUTE_ZONE and abs(dx) > ROUTE_DEADBAND:
-            self.route = 0 if dx < 0 else 1
+        ahead, left = self._axes
+        along, aside = (hand_xy - self._pillar) @ ahead, (hand_xy - self._pillar) @ left
+        if abs(along) < ROUTE_ZONE and abs(aside) > ROUTE_DEADBAND:
+            self.route = 0 if aside > 0 else 1
 
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
@@ -269,16 +297,20 @@ class StrategyExpert(Expert):
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self._via is None:  # the first observation fixes the pillar and the via-points
+            layout = self.variant.layout
             pillar = pillar_xy(self.variant.task, obs)
-            x = pillar[0] + (-1.0 if self.strategy == 0 else 1.0) * VIA_CLEARANCE
-            # sideways first (the claws reach ahead of the hand), then past the pillar
-            self._via = [np.array([x, obs[1]]), np.array([x, pillar[1] + VIA_AHEAD])]
+            ahead, left = travel_axes(layout, self.variant.task, obs)
+            beside = pillar + (1.0 if self.strategy == 0 else -1.0) * VIA_CLEARANCE[layout] * left
+            if layout == "ahead":  # sideways first (the claws reach ahead of the hand)
+                self._via = [np.array([beside[0], obs[1]]), beside + VIA_AHEAD * ahead]
+            else:  # straight at the pillar, then diagonally out to beside it
+                self._via = [pillar - FORK_BACK * ahead, beside, beside + VIA_AHEAD * ahead]
         action = self.scripted.act(obs)
         if self._via and np.linalg.norm(obs[:2] - self._via[0]) < 0.02:
             self._via.pop(0)  # reached; after the last one the scripted policy takes over
         if self._via:
             action[:2] = np.clip(10.0 * (self._via[0] - obs[:2]), -1.0, 1.0)
-            action[2] = np.clip(10.0 * (HAND_START[2] - obs[2]), -1.0, 1.0)
+            action[2] = np.clip(10.0 * (CRUISE_HEIGHT - obs[2]), -1.0, 1.0)
         return self._perturb(action)
 
     def _perturb(self, action: np.ndarray) -> np.ndarray:
@@ -309,5 +341,9 @@ def hard_spec(name: str, **options) -> TaskSpec:
         success_hold=3,
         has_route=True,
         paired_starts=variant.strategy is None,  # one strategy: no pairs to show
-        obstacle=lambda obs: (pillar_xy(variant.task, obs), PILLAR_RADIUS, np.array([-1.0, 0.0])),
+        obstacle=lambda obs: (
+            pillar_xy(variant.task, obs),
+            PILLAR_RADIUS,
+            travel_axes(variant.layout, variant.task, obs)[1],
+        ),
     )

@@ -15,6 +15,8 @@ def test_bad_options_name_the_valid_values():
         get_task("metaworld-hard/push", strategy="middle")
     with pytest.raises(ValueError, match="noise='extreme' is not valid; valid: none, low, high"):
         get_task("metaworld-hard/push:noise-extreme")
+    with pytest.raises(ValueError, match="layout='behind' is not valid; valid: ahead, side"):
+        get_task("metaworld-hard/push", layout="behind")
     with pytest.raises(ValueError, match=r"unknown options \['speed'\]"):
         get_task("metaworld-hard/push", speed="fast")
     with pytest.raises(ValueError, match="takes no options"):
@@ -28,18 +30,20 @@ def test_variant_names_round_trip():
     assert HardVariant.parse("metaworld-hard/push").name == "metaworld-hard/push"
 
 
+@pytest.mark.parametrize("layout", ["ahead", "side"])
 @pytest.mark.parametrize("strategy", [0, 1])
-def test_each_strategy_passes_the_pillar_on_its_side_and_succeeds(strategy):
-    spec = get_task("metaworld-hard/push")
+def test_each_strategy_passes_the_pillar_on_its_side_and_succeeds(strategy, layout):
+    spec = get_task("metaworld-hard/push", layout=layout)
     env, expert = spec.make_env(), spec.make_expert()
     episode, ok = rollout_expert(spec, env, expert, seed=3, strategy=strategy)
     assert ok and env.route == strategy
     assert set(episode["strategy"].tolist()) == {strategy}
 
 
-def test_the_averaged_path_hits_the_pillar_and_fails():
+@pytest.mark.parametrize("layout", ["ahead", "side"])
+def test_the_averaged_path_hits_the_pillar_and_fails(layout):
     """Straight at the first target, as a policy averaging left and right would go."""
-    spec = get_task("metaworld-hard/push")
+    spec = get_task("metaworld-hard/push", layout=layout)
     env = spec.make_env()
     obs, _ = env.reset(seed=3)
     target = obs[4:7] + np.array([0.0, 0.0, 0.2])
@@ -49,6 +53,22 @@ def test_the_averaged_path_hits_the_pillar_and_fails():
         if terminated:
             break
     assert info["collision"] and not info["success"] and terminated
+
+
+def test_side_layout_strategies_share_the_approach_then_fork():
+    spec = get_task("metaworld-hard/pick-place", layout="side")
+    env = spec.make_env()
+    paths = []
+    for strategy in (0, 1):
+        episode, ok = rollout_expert(spec, env, spec.make_expert(), seed=5, strategy=strategy)
+        assert ok and env.route == strategy
+        paths.append(episode["obs"][:, :2])
+    left, right = paths
+    # the first 5 cm of the way are one path for both (the object settles < 1 mm apart)
+    shared = int((np.linalg.norm(left - left[0], axis=1) < 0.05).sum())
+    assert shared > 5
+    np.testing.assert_allclose(left[:shared], right[:shared], atol=2e-3)
+    assert np.abs(left[40] - right[40]).max() > 0.1  # then they fork
 
 
 def test_starts_in_and_out_of_distribution():
