@@ -16,7 +16,7 @@ Clean scripted demonstrations are nearly unimodal, so every method scores near 1
 - **Two layouts.** `layout=ahead` (the default): the hand starts in front of the robot and
   the pillar stands only ~12 cm ahead of it, so the expert's first move is sideways and
   the two strategies share no path. `layout=side`: the hand starts 45 cm to the robot's
-  right of the target, the expert drives straight at the pillar and forks `FORK_BACK`
+  left of the target, the expert drives straight at the pillar and forks `FORK_BACK`
   short of it, so every demonstration shares its first segment and the strategies split
   from one moving state (where an average of the two goes straight on, into the pillar).
 - **Messy demonstrations.** `noise=low|high` adds temporally correlated
@@ -58,6 +58,7 @@ STRATEGIES = ("left", "right")
 NOISE_LEVELS = {"none": 0.0, "low": 0.05, "high": 0.1}  # stationary std of the OU noise
 STARTS = ("in", "ood")
 LAYOUTS = ("ahead", "side")
+AHEAD_AXES = (np.array([0.0, 1.0]), np.array([-1.0, 0.0]))  # layout ahead: +y, left = -x
 
 # layout -> the hand's start; ahead: farther back than Meta-World's, to leave room
 HAND_START = {"ahead": np.array([0.0, 0.4, 0.2]), "side": np.array([-0.45, 0.65, 0.2])}
@@ -69,8 +70,8 @@ PILLAR_HEIGHT = 0.35  # above the scripted policies' 0.2 m cruise height and the
 VIA_CLEARANCE = {"ahead": 0.12, "side": 0.16}
 VIA_AHEAD = 0.06  # and this far beyond it (towards the target)
 FORK_BACK = 0.12  # side layout: the shared path ends this far short of the pillar centre
-ROUTE_ZONE = 0.06  # |y - pillar y| inside which the side of the pillar names the route
-ROUTE_DEADBAND = 0.03  # |x - pillar x| below which the side is not decided
+ROUTE_ZONE = 0.06  # distance along the way from the pillar inside which its side names the route
+ROUTE_DEADBAND = 0.03  # distance aside from the pillar below which the side is not decided
 IN_RANGE = (0.25, 0.75)  # the central half of each reset coordinate's range
 OOD_MARGIN = 0.1  # out-of-distribution: this fraction of the range beyond the central half
 MIN_RANGE = 0.02  # m; coordinates with a narrower reset range cannot be out of distribution
@@ -176,7 +177,7 @@ def travel_axes(layout: str, task: str, first_obs: np.ndarray) -> tuple[np.ndarr
     and -x for every start, the axes the layout was built on; side: from the hand's start
     to the first target, and that turned a quarter anticlockwise."""
     if layout == "ahead":
-        return np.array([0.0, 1.0]), np.array([-1.0, 0.0])
+        return AHEAD_AXES
     way = first_target(task, first_obs)[:2] - first_obs[:2]
     way = way / np.linalg.norm(way)
     return way, np.array([-way[1], way[0]])
@@ -222,7 +223,7 @@ class HardMetaWorldEnv(MetaWorldEnv):
         )
         self.route = -1
         self._pillar = np.zeros(2)
-        self._axes = (np.array([0.0, 1.0]), np.array([-1.0, 0.0]))
+        self._axes = AHEAD_AXES  # set per episode by reset
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         import mujoco
@@ -252,7 +253,8 @@ class HardMetaWorldEnv(MetaWorldEnv):
 
     def _update_route(self, hand_xy: np.ndarray) -> None:
         ahead, left = self._axes
-        along, aside = (hand_xy - self._pillar) @ ahead, (hand_xy - self._pillar) @ left
+        offset = hand_xy - self._pillar
+        along, aside = offset @ ahead, offset @ left
         if abs(along) < ROUTE_ZONE and abs(aside) > ROUTE_DEADBAND:
             self.route = 0 if aside > 0 else 1
 
