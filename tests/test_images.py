@@ -96,6 +96,22 @@ def test_training_lowers_the_loss_and_saved_weights_reload_exactly(digits, tmp_p
             torch.testing.assert_close(value, ema.state_dict()[name], rtol=0, atol=0)
 
 
+def test_two_trainings_with_one_seed_give_the_same_weights(digits, tmp_path):
+    # The settings of digits-small-prior-lbg: prior, forgetting statistics, perturbed splits.
+    data = torch.utils.data.Subset(digits, range(256))
+    cfg = dict(steps=30, batch_size=32, log_every=10, balance_half_life=5, balance_split_perturb=0.05)
+    runs = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)
+        gen = generator(prior=True, prior_grid=4)
+        trainer = Trainer(gen, data, TrainConfig(**cfg), tmp_path / run)
+        trainer.fit()
+        runs.append((trainer.balancer.total_splits, gen.state_dict()))
+    assert runs[0][0] == runs[1][0] > 0
+    for name, value in runs[0][1].items():
+        torch.testing.assert_close(value, runs[1][1][name], rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("condition, shape", [("lowres", (3, 1, 8, 8)), ("edges", (3, 1, 32, 32))])
 def test_conditional_generators_take_their_condition(digits, condition, shape):
     gen = generator(condition)
