@@ -7,7 +7,13 @@ import torch
 
 from ddn_policy.data import MinMaxNormalizer, ReplayBuffer, ReplayBufferWriter, SequenceDataset
 from ddn_policy.policies.factory import load_policy, make_policy
-from ddn_policy.policies.guides import ForbidRoute, MaxStep, RankCombination, make_guide
+from ddn_policy.policies.guides import (
+    Coherence,
+    ForbidRoute,
+    MaxStep,
+    RankCombination,
+    make_guide,
+)
 from ddn_policy.training.trainer import TrainConfig, Trainer
 from tasks import get_task
 from tasks.demos import collect_demos
@@ -112,6 +118,13 @@ def test_guides_score_what_they_say():
     assert MaxStep(0.5)(chunks * 0.1, obs).tolist() == [[0.0, 0.0]]
     combined = RankCombination([(forbid_left, 1.0), (MaxStep(0.5), 0.1)])
     assert combined(chunks, obs).argmax().item() == 1
+    # The previous chunk went up; of the new hypotheses the one that goes on up is kept,
+    # for every row of hypotheses drawn from the plan's one row.
+    plan = up[:, 0]  # (1, Tp, 2)
+    assert Coherence(plan, 8)(chunks, obs).argmax().item() == 0
+    assert Coherence(plan, 8)(chunks.repeat(3, 1, 1, 1), obs).argmax(1).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="shift=16"):
+        Coherence(plan, 16)
 
 
 def test_short_training_lowers_the_loss_and_keeps_both_routes(demos, tmp_path):
@@ -138,6 +151,36 @@ def test_short_training_lowers_the_loss_and_keeps_both_routes(demos, tmp_path):
     steered, _ = policy.predict_chunks(history, n=40, guide=guide, generator=gen)
     dy = (0.05 * steered[..., 1].sum(-1)).numpy()
     assert (dy > 0.05).mean() < 0.05 < (dy < -0.05).mean()
+    # Coherence: each chunk after the first continues the previous chunk's plan for the
+    # steps they share, far closer than independent draws do.
+    ta = SPEC.action_horizon
+
+    def plan_gap(coherence: bool) -> float:
+        policy.set_inference(coherence=coherence)
+        chunks = []
+
+        def recorded(*args, **kwargs):
+            out = type(policy).predict_chunks(policy, *args, **kwargs)
+            chunks.append(out[0][:, 0])  # (B, Tp, Da)
+            return out
+
+        policy.predict_chunks = recorded
+        envs = [SPEC.make_env() for _ in range(10)]
+        obs = np.stack([e.reset(seed=1000 + i)[0] for i, e in enumerate(envs)])
+        policy.reset()
+        torch.manual_seed(0)
+        for _ in range(4 * ta):
+            actions = policy.select_action(obs)
+            obs = np.stack([e.step(a)[0] for e, a in zip(envs, actions, strict=True)])
+        del policy.predict_chunks
+        gaps = [
+            (new[:, :-ta] - old[:, ta:]).square().sum((1, 2))
+            for old, new in zip(chunks, chunks[1:], strict=False)
+        ]
+        return torch.cat(gaps).mean().item()
+
+    with_plan, without = plan_gap(True), plan_gap(False)
+    assert with_plan < 0.5 * without, (with_plan, without)
 
 
 def test_resume_continues_from_the_last_complete_checkpoint(demos, tmp_path):

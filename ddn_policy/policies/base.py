@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ddn_policy.data.normalizer import MinMaxNormalizer
+from ddn_policy.policies.guides import Coherence, RankCombination
 from ddn_policy.utils.io import (
     CONFIG_FILE,
     UnsafeFileError,
@@ -136,6 +137,7 @@ class ChunkPolicy(nn.Module):
     def reset(self) -> None:
         self._history: deque[Tensor] = deque(maxlen=self.config.model.obs_horizon)
         self._queue: deque[Tensor] = deque()
+        self._plan: Tensor | None = None  # the last chunk, (B, Tp, Da), with coherence
         self.calls = 0  # chunk predictions since reset (for tests and latency accounting)
 
     @torch.no_grad()
@@ -152,12 +154,26 @@ class ChunkPolicy(nn.Module):
         self._history.append(obs)
         if not self._queue:
             history = torch.stack(list(self._history), dim=1)  # (B, To, Do)
-            chunks, _ = self.predict_chunks(history, n=1, guide=self.guide, best_of=self.best_of)
+            chunks, _ = self.predict_chunks(
+                history, n=1, guide=self._chunk_guide(), best_of=self.best_of
+            )
+            if getattr(self.config, "coherence", False):
+                self._plan = chunks[:, 0]  # (B, Tp, Da)
             start = self.config.model.obs_horizon - 1
             executed = chunks[:, 0, start : start + self.config.action_horizon]  # (B, Ta, Da)
             self._queue.extend(executed.transpose(0, 1).cpu())
             self.calls += 1
         return self._queue.popleft().numpy()
+
+    def _chunk_guide(self):
+        """The user's guide, and with `config.coherence` after an episode's first chunk,
+        Coherence with the previous chunk (ranks summed when both are set)."""
+        if self._plan is None:
+            return self.guide
+        coherence = Coherence(self._plan, self.config.action_horizon)
+        if self.guide is None:
+            return coherence
+        return RankCombination([(self.guide, 1.0), (coherence, 1.0)])
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> None:

@@ -105,6 +105,32 @@ class ForbidRoute(PathGuide):
         return -(wrong * before).sum(dim=2)
 
 
+class Coherence(ChunkGuide):
+    """Stay with the previous plan: score = -squared distance between a hypothesis's
+    first Tp - shift actions and the previous chunk's actions from `shift` on, the ones
+    it had planned for the same steps (the previous chunk was predicted `shift` = Ta
+    steps earlier). It commits an episode to the strategy of its first chunk, as the
+    backward coherence of bidirectional decoding (Liu et al. 2024) does for diffusion
+    policies by drawing many samples; a DDN ranks its K candidates at every layer."""
+
+    def __init__(self, plan: Tensor, shift: int):
+        if plan.dim() != 3 or not 0 < shift < plan.shape[1]:
+            raise ValueError(
+                f"Coherence needs a plan (B, Tp, Da) and 0 < shift < Tp, "
+                f"got plan {tuple(plan.shape)} and shift={shift}"
+            )
+        self.plan, self.shift = plan, shift
+
+    def __call__(self, chunks, obs):
+        rows, plan = chunks.shape[0], self.plan.to(chunks)
+        if rows % len(plan):
+            raise ValueError(f"{rows} hypothesis rows for a plan of {len(plan)} rows")
+        plan = plan.repeat_interleave(rows // len(plan), dim=0)  # rows are b-major
+        overlap = plan.shape[1] - self.shift
+        diff = chunks[:, :, :overlap] - plan[:, None, self.shift :]  # (R, K, overlap, Da)
+        return -diff.square().sum(dim=(2, 3))
+
+
 class RankCombination(ChunkGuide):
     """Weighted sum of ranks of several chunk guides (scale-free combination)."""
 

@@ -27,6 +27,10 @@ class DDNPolicyConfig:
     sampling: str = "prior"  # "prior" (learned selection prior) or "uniform" (the paper's)
     temperature: float = 1.0  # prior softmax temperature; 0 takes the most probable node
     guide_top_k: int = 2  # guided layers choose uniformly among this many best candidates
+    # After an episode's first chunk, guide every layer towards the previous chunk's plan
+    # for the overlapping steps (policies/guides.py Coherence): no mid-episode switches of
+    # strategy; the prior picks among the guide_top_k most coherent candidates.
+    coherence: bool = False
     hand_obs: tuple[int, int] = (0, 3)  # obs slice of the hand position (for guides)
     action_to_position: float = 0.01  # hand displacement per unit action (for guides)
     task: str | None = None  # the task it was trained on (ddn-eval's default)
