@@ -99,7 +99,9 @@ def test_training_lowers_the_loss_and_saved_weights_reload_exactly(digits, tmp_p
 def test_two_trainings_with_one_seed_give_the_same_weights(digits, tmp_path):
     # The settings of digits-small-prior-lbg: prior, forgetting statistics, perturbed splits.
     data = torch.utils.data.Subset(digits, range(256))
-    cfg = dict(steps=30, batch_size=32, log_every=10, balance_half_life=5, balance_split_perturb=0.05)
+    cfg = dict(
+        steps=30, batch_size=32, log_every=10, balance_half_life=5, balance_split_perturb=0.05
+    )
     runs = []
     for run in ("a", "b"):
         torch.manual_seed(0)
