@@ -168,7 +168,7 @@ class ChunkPolicy(nn.Module):
     def _chunk_guide(self):
         """The user's guide, and with `config.coherence` after an episode's first chunk,
         Coherence with the previous chunk (ranks summed when both are set)."""
-        if self._plan is None:
+        if self._plan is None or not getattr(self.config, "coherence", False):
             return self.guide
         coherence = Coherence(self._plan, self.config.action_horizon)
         if self.guide is None:

@@ -26,7 +26,7 @@ class DDNPolicyConfig:
     action_horizon: int = 8  # Ta, actions executed per chunk
     sampling: str = "prior"  # "prior" (learned selection prior) or "uniform" (the paper's)
     temperature: float = 1.0  # prior softmax temperature; 0 takes the most probable node
-    guide_top_k: int = 2  # guided layers choose uniformly among this many best candidates
+    guide_top_k: int = 2  # guided layers pick among this many best (by the prior if any)
     # After an episode's first chunk, guide every layer towards the previous chunk's plan
     # for the overlapping steps (policies/guides.py Coherence): no mid-episode switches of
     # strategy; the prior picks among the guide_top_k most coherent candidates.
