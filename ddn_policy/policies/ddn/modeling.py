@@ -28,8 +28,8 @@ class DDNPolicyConfig:
     temperature: float = 1.0  # prior softmax temperature; 0 takes the most probable node
     guide_top_k: int = 2  # guided layers pick among this many best (by the prior if any)
     # After an episode's first chunk, guide every layer towards the previous chunk's plan
-    # for the overlapping steps (policies/guides.py Coherence): no mid-episode switches of
-    # strategy; the prior picks among the guide_top_k most coherent candidates.
+    # for the overlapping steps (policies/guides.py Coherence): fewer mid-episode switches
+    # of strategy; the prior picks among the guide_top_k most coherent candidates.
     coherence: bool = False
     hand_obs: tuple[int, int] = (0, 3)  # obs slice of the hand position (for guides)
     action_to_position: float = 0.01  # hand displacement per unit action (for guides)
