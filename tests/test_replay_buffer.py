@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -145,3 +147,28 @@ def test_split_by_episode_and_normalizer_fit_on_train_only(tmp_path):
         norm.normalize("obs", x)
     with pytest.raises(ValueError, match="not finite"):
         MinMaxNormalizer.fit({"obs": np.array([[np.inf], [1.0]])})
+
+
+def test_demos_generated_by_another_process_meanwhile_are_kept(tmp_path, monkeypatch):
+    """Two suites side by side may generate the same demonstrations at once: each writes
+    its own partial store, and the one that finishes second keeps the first one's store
+    and removes its own partial store."""
+    from omegaconf import OmegaConf
+
+    from ddn_policy.cli import train as train_cli
+    from tasks import get_task
+
+    monkeypatch.chdir(tmp_path)
+    spec = get_task("obstacle-reach")
+    cfg = OmegaConf.create({"demos": {"path": None, "episodes": 2, "seed": 0, "noise": None}})
+    final = tmp_path / "data" / "obstacle-reach-demos2-seed0.zarr"
+
+    def collect_while_another_finishes(spec, writer, *args):
+        final.mkdir(parents=True)  # the other process renamed its finished store here
+        (final / "theirs").write_text("kept")
+        writer.add_episode({"obs": np.zeros((3, spec.obs_dim)), "action": np.zeros((3, 2))})
+
+    monkeypatch.setattr(train_cli, "collect_demos", collect_while_another_finishes)
+    assert train_cli.demos_path(cfg, spec) == Path("data") / final.name
+    assert (final / "theirs").read_text() == "kept"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [final.name]

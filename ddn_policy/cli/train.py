@@ -9,6 +9,7 @@ evaluates; `batch_size` is per process."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import replace
@@ -55,12 +56,19 @@ def demos_path(cfg: DictConfig, spec: TaskSpec, world: World | None = None) -> P
         torch.distributed.barrier()
         return path
     if not path.exists():  # generated once, then reused by every method and seed
-        tmp = path.with_name(f".{path.name}.partial")
+        # one partial store per process: suites running side by side may generate the
+        # same demonstrations at once, and must not write into each other's store
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         collect_demos(
             spec, ReplayBufferWriter(tmp), cfg.demos.episodes, cfg.demos.seed, cfg.demos.noise
         )
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.exists():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same store first
     return path
 
 
