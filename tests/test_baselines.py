@@ -66,6 +66,25 @@ def test_save_load_and_seeded_sampling_are_exact(method, tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_obs_clip_makes_observations_beyond_the_range_act_as_at_its_edge(method):
+    policy = make_policy(METHODS[method], SPEC, normalizer()).eval()
+    stats = policy.normalizer.stats["obs"]
+    span = stats["max"] - stats["min"]
+    near = (stats["max"] + 0.5 * span).expand(2, SPEC.obs_horizon, -1)  # normalises to +2
+    far = near + 5.0 * span  # normalises to +12
+
+    def chunks(obs):
+        return policy.predict_chunks(obs, n=2, generator=torch.Generator().manual_seed(3))[0]
+
+    assert not torch.allclose(chunks(near), chunks(far))
+    policy.set_inference(obs_clip=1.0)  # both act as at the range's edge (ddn-bench methods)
+    torch.testing.assert_close(chunks(near), chunks(far), rtol=0, atol=0)
+    policy.obs_clip = 0.0
+    with pytest.raises(ValueError, match="obs_clip=0.0"):
+        chunks(near)
+
+
 @pytest.mark.parametrize("method", ["diffusion", "mse"])
 def test_trainer_lowers_the_baselines_loss(method, tmp_path):
     torch.manual_seed(0)

@@ -109,7 +109,7 @@ class DiffusionPolicy(ChunkPolicy):
         draws = n * (best_of or 1)
         m = self.config.model
         obs_rows = obs.repeat_interleave(draws, dim=0)  # (B*draws, To, Do)
-        obs_norm = self.normalizer.normalize("obs", obs_rows)
+        obs_norm = self.normalize_obs(obs_rows)
         x = torch.randn(
             len(obs_rows), m.pred_horizon, m.action_dim, generator=generator, device=obs.device
         )

@@ -85,8 +85,6 @@ class RegressionPolicy(ChunkPolicy):
         """The one prediction, repeated n times (a regressor has no hypotheses; its
         uncertainty is 0 and a guide has nothing to choose from)."""
         obs = self.check_obs(obs)
-        chunk = self.normalizer.unnormalize(
-            "action", self.model(self.normalizer.normalize("obs", obs))
-        )
+        chunk = self.normalizer.unnormalize("action", self.model(self.normalize_obs(obs)))
         chunks = chunk[:, None].expand(-1, n, -1, -1)  # (B, n, Tp, Da)
         return chunks, {"uncertainty": self.spread(chunks)}

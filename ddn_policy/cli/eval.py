@@ -28,6 +28,7 @@ def run(cfg: DictConfig) -> dict:
     guide_cfg = OmegaConf.to_container(cfg.guide, resolve=True) if cfg.get("guide") else None
     policy.guide = make_guide(guide_cfg, spec.hand_obs, spec.action_to_position)
     policy.best_of = cfg.best_of
+    policy.obs_clip = cfg.obs_clip
     info = run_episodes(
         policy,
         spec,

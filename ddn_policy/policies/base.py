@@ -93,11 +93,28 @@ class ChunkPolicy(nn.Module):
 
     def set_inference(self, **settings) -> None:
         """Change inference fields of the config (a DDN's sampling or temperature, a
-        diffusion sampler and its steps); the config's validation runs again."""
+        diffusion sampler and its steps); the config's validation runs again. `obs_clip`
+        is every policy's and not part of the saved config."""
+        if "obs_clip" in settings:
+            self.obs_clip = settings.pop("obs_clip")
         self.config = replace(self.config, **settings)
 
     guide = None  # a chunk guide applied by select_action (set by ddn-eval guide=...)
     best_of: int | None = None  # with a guide: hypotheses drawn per executed chunk
+    # At inference, clamp normalised observations to [-obs_clip, obs_clip] (None: no
+    # clamp). The min-max range comes from the demonstrations; with a few starts it can
+    # be narrower than the starts a policy meets (metaworld-hard/reach: goal y spans
+    # 1.9 cm in 10 demonstrations, in-distribution goals normalise to -4).
+    obs_clip: float | None = None
+
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """Observations (..., Do) in env units -> the network's input, clamped if set."""
+        obs = self.normalizer.normalize("obs", obs)
+        if self.obs_clip is None:
+            return obs
+        if self.obs_clip <= 0:
+            raise ValueError(f"obs_clip must be > 0 or None, got obs_clip={self.obs_clip}")
+        return obs.clamp(-self.obs_clip, self.obs_clip)
 
     # ------------------------------------------------------------------ helpers
     def check_obs(self, obs) -> Tensor:

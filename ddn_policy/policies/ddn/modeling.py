@@ -101,7 +101,7 @@ class DDNPolicy(ChunkPolicy):
     def _draw(self, obs: Tensor, draws: int, selector, generator=None):
         """obs (B, To, Do) env units -> chunks (B, draws, Tp, Da) env units, their path
         log-probabilities (B, draws) and layer entropies (B, draws, L)."""
-        cond = self.model.encode_obs(self.normalizer.normalize("obs", obs))  # (B, C)
+        cond = self.model.encode_obs(self.normalize_obs(obs))  # (B, C)
         walk = self.model.ddn.sample(
             draws, cond, guide=selector, generator=generator, return_walk=True
         )
