@@ -172,3 +172,22 @@ def test_demos_generated_by_another_process_meanwhile_are_kept(tmp_path, monkeyp
     assert train_cli.demos_path(cfg, spec) == Path("data") / final.name
     assert (final / "theirs").read_text() == "kept"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [final.name]
+
+
+def test_failed_demo_generation_leaves_no_partial_store(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from ddn_policy.cli import train as train_cli
+    from tasks import get_task
+
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"demos": {"path": None, "episodes": 2, "seed": 0, "noise": None}})
+
+    def collect_and_fail(spec, writer, *args):
+        writer.add_episode({"obs": np.zeros((3, spec.obs_dim)), "action": np.zeros((3, 2))})
+        raise RuntimeError("expert failed")
+
+    monkeypatch.setattr(train_cli, "collect_demos", collect_and_fail)
+    with pytest.raises(RuntimeError, match="expert failed"):
+        train_cli.demos_path(cfg, get_task("obstacle-reach"))
+    assert list((tmp_path / "data").iterdir()) == []

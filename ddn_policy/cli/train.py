@@ -59,10 +59,14 @@ def demos_path(cfg: DictConfig, spec: TaskSpec, world: World | None = None) -> P
         # one partial store per process: suites running side by side may generate the
         # same demonstrations at once, and must not write into each other's store
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        collect_demos(
-            spec, ReplayBufferWriter(tmp), cfg.demos.episodes, cfg.demos.seed, cfg.demos.noise
-        )
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same pid
+        try:
+            collect_demos(
+                spec, ReplayBufferWriter(tmp), cfg.demos.episodes, cfg.demos.seed, cfg.demos.noise
+            )
+        except BaseException:  # a failed or interrupted run leaves no partial store
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             tmp.rename(path)
         except OSError:
