@@ -18,7 +18,7 @@ def trunk_only(policy, obs: torch.Tensor) -> torch.Tensor:
     """Encoder and every block, with the previous sample and leak held at zero and no
     DDL: what the same network costs as a plain regressor."""
     model = policy.model
-    cond = model.encode_obs(policy.normalizer.normalize("obs", obs))
+    cond = model.encode_obs(policy.normalize_obs(obs))  # the input path of the policy's walk
     h = None
     for block, layer in model.ddn.stages():
         x = cond.new_zeros(obs.shape[0], *layer.sample_shape)
