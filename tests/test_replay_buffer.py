@@ -149,18 +149,27 @@ def test_split_by_episode_and_normalizer_fit_on_train_only(tmp_path):
         MinMaxNormalizer.fit({"obs": np.array([[np.inf], [1.0]])})
 
 
-def test_demos_generated_by_another_process_meanwhile_are_kept(tmp_path, monkeypatch):
-    """Two suites side by side may generate the same demonstrations at once: each writes
-    its own partial store, and the one that finishes second keeps the first one's store
-    and removes its own partial store."""
+@pytest.fixture
+def demo_cache(tmp_path, monkeypatch):
+    """ddn-train's demonstration cache in an empty working dir: (the cli module whose
+    collect_demos a test replaces, a config asking for 2 obstacle-reach episodes)."""
     from omegaconf import OmegaConf
 
     from ddn_policy.cli import train as train_cli
-    from tasks import get_task
 
     monkeypatch.chdir(tmp_path)
-    spec = get_task("obstacle-reach")
     cfg = OmegaConf.create({"demos": {"path": None, "episodes": 2, "seed": 0, "noise": None}})
+    return train_cli, cfg
+
+
+def test_demos_generated_by_another_process_meanwhile_are_kept(tmp_path, monkeypatch, demo_cache):
+    """Two suites side by side may generate the same demonstrations at once: each writes
+    its own partial store, and the one that finishes second keeps the first one's store
+    and removes its own partial store."""
+    from tasks import get_task
+
+    train_cli, cfg = demo_cache
+    spec = get_task("obstacle-reach")
     final = tmp_path / "data" / "obstacle-reach-demos2-seed0.zarr"
 
     def collect_while_another_finishes(spec, writer, *args):
@@ -174,14 +183,10 @@ def test_demos_generated_by_another_process_meanwhile_are_kept(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [final.name]
 
 
-def test_failed_demo_generation_leaves_no_partial_store(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from ddn_policy.cli import train as train_cli
+def test_failed_demo_generation_leaves_no_partial_store(tmp_path, monkeypatch, demo_cache):
     from tasks import get_task
 
-    monkeypatch.chdir(tmp_path)
-    cfg = OmegaConf.create({"demos": {"path": None, "episodes": 2, "seed": 0, "noise": None}})
+    train_cli, cfg = demo_cache
 
     def collect_and_fail(spec, writer, *args):
         writer.add_episode({"obs": np.zeros((3, spec.obs_dim)), "action": np.zeros((3, 2))})
