@@ -133,3 +133,37 @@ def test_a_refit_method_reuses_the_training_and_refits_each_checkpoint_once(tmp_
     assert no_block["max_epochs"] == 300  # a suite without a refit block: PriorRefitConfig's
     with pytest.raises(ValueError, match="refit=true.*policy='mse' has none"):
         bench_compare.compare(suite_config(tmp_path, "+suite.methods.x={policy: mse, refit: true}"))
+
+
+def test_suite_inference_settings_reach_every_method_and_keep_its_trainings(tmp_path):
+    """metaworld-hard-clip: the same trainings as metaworld-hard, evaluated with obs_clip;
+    a method's own inference settings are kept beside (and over) the suite's."""
+    plain, clip = (
+        suite_config(tmp_path, suite=name).suite
+        for name in ("metaworld-hard", "metaworld-hard-clip")
+    )
+    methods = bench_compare.with_suite_inference(
+        OmegaConf.to_container(clip.methods), clip.inference
+    )
+    assert methods["mse"]["inference"] == {"obs_clip": 1.0}
+    assert methods["dp_ddim10"]["inference"] == {
+        "obs_clip": 1.0,
+        "sampler": "ddim",
+        "inference_steps": 10,
+    }
+    shared = OmegaConf.create({"temperature": 1.0})
+    own = bench_compare.with_suite_inference(
+        {"g": {"policy": "ddn", "inference": {"temperature": 0}}}, shared
+    )
+    assert own["g"]["inference"] == {"temperature": 0}
+    unchanged = OmegaConf.to_container(plain.methods)
+    assert bench_compare.with_suite_inference(unchanged, plain.inference) == unchanged
+    setting = {"name": "multi-strategy", "demos": 10}
+    plain_train, plain_row = bench_compare.row_settings(
+        plain, "t", 10, 0, "mse", unchanged["mse"], setting
+    )
+    clip_train, clip_row = bench_compare.row_settings(
+        clip, "t", 10, 0, "mse", methods["mse"], setting
+    )
+    assert plain_train == clip_train  # one training serves both suites
+    assert plain_row.name != clip_row.name and clip_row.parent.parent.name == "results"

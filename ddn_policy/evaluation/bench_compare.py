@@ -55,6 +55,15 @@ def check_methods(methods: dict) -> None:
             )
 
 
+def with_suite_inference(methods: dict, inference: DictConfig | None) -> dict:
+    """Each method with the suite's `inference` settings under its own (e.g. obs_clip for
+    every method). Without suite settings the methods, and so their row keys, are unchanged."""
+    if not inference:
+        return methods
+    shared = OmegaConf.to_container(inference)
+    return {name: m | {"inference": shared | m.get("inference", {})} for name, m in methods.items()}
+
+
 def refit_settings(s: DictConfig, method: dict) -> dict | None:
     """The PriorRefitConfig fields of a method with refit=true (the suite's `refit`
     block over the defaults), None for the others."""
@@ -312,7 +321,7 @@ def method_row(
 def compare(cfg: DictConfig) -> tuple[list[dict], str]:
     """All rows of a comparison suite (training and evaluating what is not cached)."""
     s = cfg.suite
-    methods = OmegaConf.to_container(s.methods)
+    methods = with_suite_inference(OmegaConf.to_container(s.methods), s.get("inference"))
     check_methods(methods)
     unknown = [m for m in s.run_methods if m not in methods]
     if unknown:
