@@ -80,9 +80,9 @@ def test_obs_clip_makes_observations_beyond_the_range_act_as_at_its_edge(method)
     assert not torch.allclose(chunks(near), chunks(far))
     policy.set_inference(obs_clip=1.0)  # both act as at the range's edge (ddn-bench methods)
     torch.testing.assert_close(chunks(near), chunks(far), rtol=0, atol=0)
-    policy.obs_clip = 0.0
     with pytest.raises(ValueError, match="obs_clip=0.0"):
-        chunks(near)
+        policy.set_inference(obs_clip=0.0)
+    assert policy.obs_clip == 1.0  # the bad value was not kept
 
 
 @pytest.mark.parametrize("method", ["diffusion", "mse"])

@@ -101,19 +101,28 @@ class ChunkPolicy(nn.Module):
 
     guide = None  # a chunk guide applied by select_action (set by ddn-eval guide=...)
     best_of: int | None = None  # with a guide: hypotheses drawn per executed chunk
-    # At inference, clamp normalised observations to [-obs_clip, obs_clip] (None: no
-    # clamp). The min-max range comes from the demonstrations; with a few starts it can
-    # be narrower than the starts a policy meets (metaworld-hard/reach: goal y spans
-    # 1.9 cm in 10 demonstrations, in-distribution goals normalise to -4).
-    obs_clip: float | None = None
+    _obs_clip: float | None = None
+
+    @property
+    def obs_clip(self) -> float | None:
+        """At inference, clamp normalised observations to [-obs_clip, obs_clip] (None: no
+        clamp). The min-max range comes from the demonstrations; with a few starts it can
+        be narrower than the starts a policy meets (metaworld-hard/reach: goal y spans
+        1.9 cm in 10 demonstrations, in-distribution goals normalise to -4)."""
+        return self._obs_clip
+
+    @obs_clip.setter
+    def obs_clip(self, value: float | None) -> None:
+        # checked when set (set_inference, ddn-eval), not on every chunk
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"obs_clip must be a number > 0 or None, got obs_clip={value!r}")
+        self._obs_clip = value
 
     def normalize_obs(self, obs: Tensor) -> Tensor:
         """Observations (..., Do) in env units -> the network's input, clamped if set."""
         obs = self.normalizer.normalize("obs", obs)
         if self.obs_clip is None:
             return obs
-        if self.obs_clip <= 0:
-            raise ValueError(f"obs_clip must be > 0 or None, got obs_clip={self.obs_clip}")
         return obs.clamp(-self.obs_clip, self.obs_clip)
 
     # ------------------------------------------------------------------ helpers
