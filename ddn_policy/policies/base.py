@@ -114,7 +114,8 @@ class ChunkPolicy(nn.Module):
     @obs_clip.setter
     def obs_clip(self, value: float | None) -> None:
         # checked when set (set_inference, ddn-eval), not on every chunk
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and value > 0):
             raise ValueError(f"obs_clip must be a number > 0 or None, got obs_clip={value!r}")
         self._obs_clip = value
 
