@@ -167,6 +167,17 @@ def test_perturbed_split_is_the_same_whatever_the_global_rng():
     assert torch.equal(weights[0], weights[1])
 
 
+def test_perturbed_split_follows_its_seed():
+    def split_weights(seed):
+        torch.manual_seed(0)
+        layer = _layer_with_counts()
+        SplitAndPrune(layer, perturb=0.05, seed=seed).step()
+        return layer.weight.detach().clone()
+
+    assert torch.equal(split_weights(1), split_weights(1))
+    assert not torch.equal(split_weights(1), split_weights(2))
+
+
 def test_bad_perturb_names_the_value():
     with pytest.raises(ValueError, match="perturb=-0.1"):
         SplitAndPrune(_layer_with_counts(), perturb=-0.1)

@@ -97,8 +97,11 @@ def test_balancing_stops_at_balance_until(demos, tmp_path):
 
 
 def test_split_perturbation_reaches_the_balancer(demos, tmp_path):
-    trainer = make_trainer(demos, tmp_path, balance_split_perturb=0.05, balance_half_life=10)
+    trainer = make_trainer(
+        demos, tmp_path, balance_split_perturb=0.05, balance_half_life=10, seed=3
+    )
     assert trainer.balancer.perturb == 0.05
+    assert trainer.balancer.perturb_generator.initial_seed() == 3  # the training seed's
     assert trainer.balancer.retain == pytest.approx(0.5 ** (1 / 10))
     with pytest.raises(ValueError, match="balance_split_perturb=-1"):
         TrainConfig(balance_split_perturb=-1)

@@ -73,6 +73,8 @@ class SplitAndPrune:
         wins each tie, and only chain dropout's random picks can pull them apart, which
         fails once the learning rate is near 0 (digits-small-prior-recent ended with
         its only dead nodes exact copies from splits in the last steps).
+    seed: seeds the offsets' own stream; the trainer passes its training seed, so runs
+        of different seeds split differently.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class SplitAndPrune:
         min_count: int = 0,
         half_life: float = 0,
         perturb: float = 0,
+        seed: int = 0,
     ):
         if min_count < 0:
             raise ValueError(f"min_count must be >= 0, got min_count={min_count}")
@@ -98,7 +101,7 @@ class SplitAndPrune:
         self.perturb = perturb
         # Its own stream, the same on every data-parallel rank (each rank seeds its global
         # RNG apart for dropout): ranks take the same splits and must move the same way.
-        self.perturb_generator = torch.Generator().manual_seed(0)
+        self.perturb_generator = torch.Generator().manual_seed(seed)
         self.layers = ddn_layers(model)
         if not self.layers:
             raise ValueError("SplitAndPrune found no DiscreteDistributionLayer in the model")
@@ -241,10 +244,11 @@ def make_balancer(
     rate: float = 0.01,
     half_life: float = 0,
     perturb: float = 0,
+    seed: int = 0,
 ):
     """One of SplitAndPrune, LossFreeBalance, or None (kind='none')."""
     if kind == "split_prune":
-        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life, perturb)
+        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life, perturb, seed)
     if kind == "loss_free":
         return LossFreeBalance(model, rate)
     if kind == "none":

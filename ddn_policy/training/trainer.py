@@ -82,7 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: only the final one)
     eval_every: int = 0  # steps between evaluations (0: none during training)
     max_nonfinite_steps: int = 5  # stop after this many skipped (non-finite) steps in a row
-    seed: int = 0  # seeds weights, data order and dropout
+    seed: int = 0  # seeds weights, data order, dropout and split offsets
     device: str = "cpu"  # torch device
 
     def __post_init__(self):
@@ -154,6 +154,7 @@ class Trainer:
             cfg.loss_free_rate,
             cfg.balance_half_life,
             cfg.balance_split_perturb,
+            cfg.seed,
         )
         self.statistics = StepStatistics(policy.model)
         self.loss_forward = policy.compute_loss
