@@ -248,7 +248,15 @@ def make_balancer(
 ):
     """One of SplitAndPrune, LossFreeBalance, or None (kind='none')."""
     if kind == "split_prune":
-        return SplitAndPrune(model, optimizer, mirrors, min_count, half_life, perturb, seed)
+        return SplitAndPrune(
+            model,
+            optimizer,
+            mirrors,
+            min_count=min_count,
+            half_life=half_life,
+            perturb=perturb,
+            seed=seed,
+        )
     if kind == "loss_free":
         return LossFreeBalance(model, rate)
     if kind == "none":
