@@ -150,11 +150,11 @@ class Trainer:
             policy.model,
             self.optimizer,
             [self.ema.module],
-            cfg.balance_min_count,
-            cfg.loss_free_rate,
-            cfg.balance_half_life,
-            cfg.balance_split_perturb,
-            cfg.seed,
+            min_count=cfg.balance_min_count,
+            rate=cfg.loss_free_rate,
+            half_life=cfg.balance_half_life,
+            perturb=cfg.balance_split_perturb,
+            seed=cfg.seed,
         )
         self.statistics = StepStatistics(policy.model)
         self.loss_forward = policy.compute_loss
